@@ -1,0 +1,174 @@
+package migrations_test
+
+import (
+	"context"
+	"database/sql"
+	"strings"
+	"testing"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/pgfeed/pgfeed/internal/pgtest"
+	"github.com/pgfeed/pgfeed/migrations"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+func openDB(t *testing.T) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("pgx", pgtest.NewDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func exists(t *testing.T, db *sql.DB, regclass string) bool {
+	t.Helper()
+	var ok bool
+	if err := db.QueryRow("SELECT to_regclass($1) IS NOT NULL", regclass).Scan(&ok); err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+func TestUpUpDownUp(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openDB(t)
+
+	// The application's own goose history must be left alone.
+	if _, err := db.Exec(`CREATE TABLE public.goose_db_version (id int PRIMARY KEY, version_id bigint, is_applied bool);
+		INSERT INTO public.goose_db_version VALUES (1, 20240101000000, true)`); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := migrations.Status(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) == 0 || st[0].Applied {
+		t.Fatalf("status before up = %+v, want pending migrations", st)
+	}
+
+	applied, err := migrations.Up(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(applied) != len(st) {
+		t.Fatalf("up applied %d migrations, want %d", len(applied), len(st))
+	}
+	for _, name := range []string{"pgfeed.changes", "pgfeed.listeners", "pgfeed.goose_db_version"} {
+		if !exists(t, db, name) {
+			t.Errorf("%s missing after up", name)
+		}
+	}
+
+	again, err := migrations.Up(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again) != 0 {
+		t.Fatalf("second up applied %v, want nothing", again)
+	}
+	if n, err := migrations.Pending(ctx, db); err != nil || n != 0 {
+		t.Fatalf("pending after up = %d, %v", n, err)
+	}
+	st, err = migrations.Status(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range st {
+		if !m.Applied || m.AppliedAt.IsZero() || !strings.HasSuffix(m.Name, ".sql") {
+			t.Errorf("status after up: %+v", m)
+		}
+	}
+
+	// Roll everything back, one migration at a time.
+	for range st {
+		r, err := migrations.Down(ctx, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r == nil {
+			t.Fatal("down rolled back nothing while migrations were applied")
+		}
+	}
+	if r, err := migrations.Down(ctx, db); err != nil || r != nil {
+		t.Fatalf("down with nothing applied = %v, %v; want nil, nil", r, err)
+	}
+	if exists(t, db, "pgfeed.changes") {
+		t.Error("pgfeed.changes still exists after down")
+	}
+
+	if _, err := migrations.Up(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	if !exists(t, db, "pgfeed.changes") {
+		t.Error("pgfeed.changes missing after down then up")
+	}
+
+	var appVersions int
+	if err := db.QueryRow("SELECT count(*) FROM public.goose_db_version").Scan(&appVersions); err != nil {
+		t.Fatal(err)
+	}
+	if appVersions != 1 {
+		t.Errorf("application's goose table has %d rows, want its 1 untouched", appVersions)
+	}
+}
+
+// TestDownRefusedWhileCaptured checks that rolling back the capture
+// functions never drops an application's triggers.
+func TestDownRefusedWhileCaptured(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openDB(t)
+	if _, err := migrations.Up(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE orders (id int PRIMARY KEY);
+		CREATE TRIGGER pgfeed_capture_truncate AFTER TRUNCATE ON orders FOR EACH STATEMENT EXECUTE FUNCTION pgfeed.capture_truncate()`); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for err == nil {
+		var r *migrations.Result
+		r, err = migrations.Down(ctx, db)
+		if err == nil && r == nil {
+			t.Fatal("all migrations rolled back while a table was still captured")
+		}
+	}
+	if !strings.Contains(err.Error(), "pgfeed capture is still enabled on orders") {
+		t.Fatalf("down error = %v, want it to name the captured table", err)
+	}
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Errorf("orders has %d triggers after the refused down, want 1", n)
+	}
+}
+
+// TestConcurrentUp checks that nodes starting together migrate once.
+func TestConcurrentUp(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openDB(t)
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			_, err := migrations.Up(ctx, db)
+			errs <- err
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if !exists(t, db, "pgfeed.changes") {
+		t.Error("pgfeed.changes missing")
+	}
+}

@@ -1,0 +1,594 @@
+package triggers_test
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	_ "github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+
+	"github.com/pgfeed/pgfeed/internal/pgtest"
+	"github.com/pgfeed/pgfeed/migrations"
+	"github.com/pgfeed/pgfeed/triggers"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// newDB returns a connection to a fresh, migrated database.
+func newDB(t *testing.T) (*pgx.Conn, string) {
+	t.Helper()
+	url := pgtest.NewDB(t)
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := migrations.Up(context.Background(), db); err != nil {
+		t.Fatal(err)
+	}
+	return pgtest.Connect(t, url), url
+}
+
+func exec(t *testing.T, conn *pgx.Conn, sql string, args ...any) {
+	t.Helper()
+	if _, err := conn.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// change is one row of pgfeed.changes.
+type change struct {
+	Schema, Table, Op string
+	Key, New, Old     map[string]any
+	TxID              uint64
+}
+
+// changes returns the log in seq order and empties it.
+func changes(t *testing.T, conn *pgx.Conn) []change {
+	t.Helper()
+	rows, err := conn.Query(context.Background(),
+		`DELETE FROM pgfeed.changes RETURNING seq, txid::text::bigint, schema_name, table_name, op, key, new, old`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type withSeq struct {
+		seq int64
+		c   change
+	}
+	var out []withSeq
+	for rows.Next() {
+		var w withSeq
+		if err := rows.Scan(&w.seq, &w.c.TxID, &w.c.Schema, &w.c.Table, &w.c.Op, &w.c.Key, &w.c.New, &w.c.Old); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, w)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(out, func(a, b withSeq) int { return int(a.seq - b.seq) })
+	cs := make([]change, len(out))
+	for i, w := range out {
+		cs[i] = w.c
+	}
+	return cs
+}
+
+// toJSONB returns what to_jsonb gives for the row of table with id.
+func toJSONB(t *testing.T, conn *pgx.Conn, table string, id int) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := conn.QueryRow(context.Background(), "SELECT to_jsonb(t) FROM "+table+" t WHERE id = $1", id).Scan(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func mustEqual(t *testing.T, what string, got, want any) {
+	t.Helper()
+	if !reflect.DeepEqual(got, want) {
+		g, _ := json.Marshal(got)
+		w, _ := json.Marshal(want)
+		t.Errorf("%s:\n got  %s\n want %s", what, g, w)
+	}
+}
+
+const typesTable = `CREATE TABLE typed (
+	id int PRIMARY KEY,
+	big bigint,
+	num numeric,
+	txt text,
+	flag boolean,
+	at timestamptz,
+	doc jsonb,
+	uid uuid,
+	nums int[],
+	nothing text
+)`
+
+func TestCaptureTypesAndOps(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, _ := newDB(t)
+	exec(t, conn, typesTable)
+	if _, err := triggers.Enable(ctx, conn, "typed"); err != nil {
+		t.Fatal(err)
+	}
+
+	exec(t, conn, `INSERT INTO typed VALUES
+		(1, 9007199254740993, 12345678901234567890.123456789, 'héllo "q"', true, '2026-11-27 14:05:41.123456+00', '{"a":[1,{"b":null}]}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{1,2,NULL}', NULL),
+		(2, -1, 0.5, '', false, '1999-01-01 00:00:00+05', '[]', NULL, '{}', NULL)`)
+	want1 := toJSONB(t, conn, "typed", 1)
+	want2 := toJSONB(t, conn, "typed", 2)
+	got := changes(t, conn)
+	if len(got) != 2 {
+		t.Fatalf("insert of 2 rows logged %d changes", len(got))
+	}
+	for i, w := range []map[string]any{want1, want2} {
+		c := got[i]
+		if c.Schema != "public" || c.Table != "typed" || c.Op != "insert" || c.Old != nil {
+			t.Errorf("insert change %d: %+v", i, c)
+		}
+		mustEqual(t, "insert new", c.New, w)
+		mustEqual(t, "insert key", c.Key, map[string]any{"id": w["id"]})
+	}
+	if got[0].TxID != got[1].TxID {
+		t.Errorf("one statement logged two transaction ids")
+	}
+
+	before := toJSONB(t, conn, "typed", 1)
+	exec(t, conn, `UPDATE typed SET num = num + 1, nums = nums || 7, doc = NULL WHERE id = 1`)
+	after := toJSONB(t, conn, "typed", 1)
+	got = changes(t, conn)
+	if len(got) != 1 || got[0].Op != "update" {
+		t.Fatalf("update logged %+v", got)
+	}
+	mustEqual(t, "update new", got[0].New, after)
+	mustEqual(t, "update old", got[0].Old, before)
+
+	exec(t, conn, `DELETE FROM typed WHERE id = 2`)
+	got = changes(t, conn)
+	if len(got) != 1 || got[0].Op != "delete" || got[0].New != nil {
+		t.Fatalf("delete logged %+v", got)
+	}
+	mustEqual(t, "delete old", got[0].Old, want2)
+	mustEqual(t, "delete key", got[0].Key, map[string]any{"id": float64(2)})
+
+	exec(t, conn, `TRUNCATE typed`)
+	got = changes(t, conn)
+	if len(got) != 1 || got[0].Op != "truncate" || got[0].Key != nil || got[0].New != nil || got[0].Old != nil {
+		t.Fatalf("truncate logged %+v", got)
+	}
+
+	// A rolled-back transaction leaves nothing in the log.
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO typed (id) VALUES (3)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := changes(t, conn); len(got) != 0 {
+		t.Errorf("rolled-back insert logged %+v", got)
+	}
+}
+
+// TestLargeRow checks a row far over NOTIFY's 8000-byte payload limit is
+// captured whole.
+func TestLargeRow(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, _ := newDB(t)
+	exec(t, conn, `CREATE TABLE docs (id int PRIMARY KEY, body text)`)
+	if _, err := triggers.Enable(ctx, conn, "docs"); err != nil {
+		t.Fatal(err)
+	}
+	body := strings.Repeat("0123456789abcdef", 64*1024) // 1 MiB
+	exec(t, conn, `INSERT INTO docs VALUES (1, $1)`, body)
+	got := changes(t, conn)
+	if len(got) != 1 || got[0].New["body"] != body {
+		t.Fatalf("1 MiB row not captured whole")
+	}
+}
+
+func TestCompositeKeyAndUpdatedKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, _ := newDB(t)
+	exec(t, conn, `CREATE TABLE lines (order_id int, line int, qty int, PRIMARY KEY (order_id, line))`)
+	tables, err := triggers.Enable(ctx, conn, "public.lines")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, "key columns", tables[0].Key, []string{"order_id", "line"})
+	exec(t, conn, `INSERT INTO lines VALUES (7, 1, 3)`)
+	exec(t, conn, `UPDATE lines SET line = 2 WHERE order_id = 7`)
+	exec(t, conn, `DELETE FROM lines`)
+	got := changes(t, conn)
+	if len(got) != 3 {
+		t.Fatalf("logged %d changes, want 3", len(got))
+	}
+	mustEqual(t, "insert key", got[0].Key, map[string]any{"order_id": float64(7), "line": float64(1)})
+	mustEqual(t, "update key (the new one)", got[1].Key, map[string]any{"order_id": float64(7), "line": float64(2)})
+	mustEqual(t, "update old line", got[1].Old["line"], float64(1))
+	mustEqual(t, "delete key", got[2].Key, map[string]any{"order_id": float64(7), "line": float64(2)})
+}
+
+func TestAlterTableAfterEnable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, _ := newDB(t)
+	exec(t, conn, `CREATE TABLE items (id int PRIMARY KEY, a text, b text)`)
+	if _, err := triggers.Enable(ctx, conn, "items"); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, conn, `INSERT INTO items VALUES (1, 'a', 'b')`)
+	exec(t, conn, `ALTER TABLE items ADD COLUMN c int DEFAULT 5`)
+	exec(t, conn, `INSERT INTO items VALUES (2, 'a2', 'b2', 6)`)
+	exec(t, conn, `ALTER TABLE items DROP COLUMN a`)
+	exec(t, conn, `UPDATE items SET b = 'x' WHERE id = 1`)
+	got := changes(t, conn)
+	if len(got) != 3 {
+		t.Fatalf("logged %d changes, want 3", len(got))
+	}
+	mustEqual(t, "before ADD COLUMN", got[0].New, map[string]any{"id": float64(1), "a": "a", "b": "b"})
+	mustEqual(t, "after ADD COLUMN", got[1].New, map[string]any{"id": float64(2), "a": "a2", "b": "b2", "c": float64(6)})
+	mustEqual(t, "after DROP COLUMN new", got[2].New, map[string]any{"id": float64(1), "b": "x", "c": float64(5)})
+	mustEqual(t, "after DROP COLUMN old", got[2].Old, map[string]any{"id": float64(1), "b": "b", "c": float64(5)})
+}
+
+// TestPartitionCapturedThroughParent checks that rows written through a
+// partitioned parent are captured on the partition that stores them.
+func TestPartitionCapturedThroughParent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, _ := newDB(t)
+	exec(t, conn, `CREATE TABLE events (id int, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+		CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')`)
+	tables, err := triggers.Enable(ctx, conn, "events_2026")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tables[0].Child {
+		t.Fatal("partition not recognised as a child table")
+	}
+	exec(t, conn, `INSERT INTO events VALUES (1, '2026-05-01'), (2, '2026-06-01')`)
+	exec(t, conn, `DELETE FROM events WHERE id = 1`)
+	got := changes(t, conn)
+	ops := []string{}
+	for _, c := range got {
+		if c.Table != "events_2026" {
+			t.Errorf("change on %s, want events_2026", c.Table)
+		}
+		ops = append(ops, c.Op)
+	}
+	mustEqual(t, "ops", ops, []string{"insert", "insert", "delete"})
+}
+
+func TestRefusals(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, _ := newDB(t)
+	exec(t, conn, `CREATE TABLE nokey (a int);
+		CREATE TABLE good (id int PRIMARY KEY);
+		CREATE VIEW aview AS SELECT 1 AS id;
+		CREATE MATERIALIZED VIEW amat AS SELECT 1 AS id;
+		CREATE TABLE parted (id int, d date, PRIMARY KEY (id, d)) PARTITION BY RANGE (d);
+		CREATE TABLE parted_a PARTITION OF parted FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+		CREATE TABLE base (id int PRIMARY KEY);
+		CREATE TABLE derived (extra int) INHERITS (base);
+		CREATE SEQUENCE aseq`)
+	cases := []struct{ name, want string }{
+		{"missing", `table "missing" does not exist`},
+		{"public.missing", `table "public.missing" does not exist`},
+		{"a.b.c.d", `table "a.b.c.d" is not a valid table name`},
+		{"nokey", "table public.nokey has no primary key, which pgfeed needs to name each changed row: add one, for example ALTER TABLE \"public\".\"nokey\" ADD PRIMARY KEY (id)"},
+		{"aview", "public.aview is a view, not a table: enable capture on the tables it reads from"},
+		{"amat", "public.amat is a materialized view"},
+		{"parted", "table public.parted is partitioned: pgfeed captures partitions, not the partitioned parent; enable capture on each partition instead (for example: pgfeed triggers enable public.parted_a)"},
+		{"base", "table public.base has inheritance children"},
+		{"aseq", "public.aseq is not a table"},
+		{"pgfeed.changes", "table pgfeed.changes belongs to pgfeed itself and cannot be captured"},
+		{"pg_catalog.pg_class", "table pg_catalog.pg_class is a system catalog"},
+	}
+	for _, c := range cases {
+		_, err := triggers.Enable(ctx, conn, "good", c.name)
+		if !errors.Is(err, triggers.ErrRefused) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("enable %q: error %v, want refusal containing %q", c.name, err, c.want)
+		}
+	}
+	// All or none: good was named first but must not be captured.
+	list, err := triggers.List(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 0 {
+		t.Errorf("refused enable still captured %v", list)
+	}
+}
+
+func TestNotMigrated(t *testing.T) {
+	t.Parallel()
+	conn := pgtest.Connect(t, pgtest.NewDB(t))
+	exec(t, conn, `CREATE TABLE good (id int PRIMARY KEY)`)
+	if _, err := triggers.Enable(context.Background(), conn, "good"); !errors.Is(err, triggers.ErrNotMigrated) {
+		t.Fatalf("enable without pgfeed schema: %v", err)
+	}
+}
+
+func TestEnableDisableList(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, _ := newDB(t)
+	exec(t, conn, `CREATE SCHEMA shop; CREATE TABLE shop.orders (id int PRIMARY KEY); CREATE TABLE users (uid text PRIMARY KEY)`)
+	if _, err := triggers.Enable(ctx, conn, "shop.orders", "users"); err != nil {
+		t.Fatal(err)
+	}
+	// Idempotent.
+	if _, err := triggers.Enable(ctx, conn, "users"); err != nil {
+		t.Fatal(err)
+	}
+	list, err := triggers.List(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range list {
+		got = append(got, c.String()+" "+c.Source+" "+c.State+" "+strings.Join(c.Key, ","))
+	}
+	mustEqual(t, "list", got, []string{"public.users trigger enabled uid", "shop.orders trigger enabled id"})
+
+	var n int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_trigger WHERE tgrelid = 'users'::regclass`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 4 {
+		t.Errorf("users has %d triggers after enabling twice, want 4", n)
+	}
+
+	// States List reports.
+	exec(t, conn, `ALTER TABLE users DISABLE TRIGGER pgfeed_capture_update`)
+	exec(t, conn, `DROP TRIGGER pgfeed_capture_truncate ON shop.orders`)
+	list, _ = triggers.List(ctx, conn)
+	got = nil
+	for _, c := range list {
+		got = append(got, c.String()+" "+c.State)
+	}
+	mustEqual(t, "list states", got, []string{"public.users disabled", "shop.orders partial"})
+
+	exec(t, conn, `ALTER TABLE users ENABLE TRIGGER pgfeed_capture_update; ALTER TABLE users DROP CONSTRAINT users_pkey; ALTER TABLE users ADD COLUMN id serial PRIMARY KEY`)
+	list, _ = triggers.List(ctx, conn)
+	if list[0].State != "stale-key" {
+		t.Errorf("state after primary key change = %s, want stale-key", list[0].State)
+	}
+	if _, err := triggers.Enable(ctx, conn, "users"); err != nil {
+		t.Fatal(err)
+	}
+	list, _ = triggers.List(ctx, conn)
+	if list[0].State != "enabled" || !slices.Equal(list[0].Key, []string{"id"}) {
+		t.Errorf("after re-enable: %+v", list[0])
+	}
+
+	if _, err := triggers.Disable(ctx, conn, "shop.orders", "users"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := triggers.Disable(ctx, conn, "users"); err != nil {
+		t.Fatalf("disable twice: %v", err)
+	}
+	list, _ = triggers.List(ctx, conn)
+	if len(list) != 0 {
+		t.Errorf("after disable, list = %v", list)
+	}
+	exec(t, conn, `INSERT INTO users (uid) VALUES ('x')`)
+	if got := changes(t, conn); len(got) != 0 {
+		t.Errorf("disabled table still captured: %v", got)
+	}
+}
+
+// TestHostileIdentifier captures a table whose name is an SQL injection
+// attempt, in a schema whose name needs quoting.
+func TestHostileIdentifier(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, _ := newDB(t)
+	exec(t, conn, `CREATE SCHEMA "S p"; CREATE TABLE "S p"."we""ird; drop table x" ("i""d" int PRIMARY KEY, v text); CREATE TABLE x (id int)`)
+	tables, err := triggers.Enable(ctx, conn, `"S p"."we""ird; drop table x"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tables[0].Schema != "S p" || tables[0].Name != `we"ird; drop table x` {
+		t.Fatalf("resolved as %+v", tables[0])
+	}
+	exec(t, conn, `INSERT INTO "S p"."we""ird; drop table x" VALUES (1, 'v')`)
+	got := changes(t, conn)
+	if len(got) != 1 || got[0].Schema != "S p" || got[0].Table != `we"ird; drop table x` {
+		t.Fatalf("logged %+v", got)
+	}
+	mustEqual(t, "key", got[0].Key, map[string]any{`i"d`: float64(1)})
+	if !exists(t, conn, "public.x") {
+		t.Fatal("table x was dropped")
+	}
+	path, err := triggers.Generate(ctx, conn, t.TempDir(), []string{`"S p"."we""ird; drop table x"`}, "test", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if base := filepath.Base(path); strings.ContainsAny(base, ` ";`) {
+		t.Errorf("generated file name %q is not file-system safe", base)
+	}
+	if _, err := triggers.Disable(ctx, conn, `"S p"."we""ird; drop table x"`); err != nil {
+		t.Fatal(err)
+	}
+	if !exists(t, conn, "public.x") {
+		t.Fatal("table x was dropped")
+	}
+}
+
+func exists(t *testing.T, conn *pgx.Conn, name string) bool {
+	t.Helper()
+	var ok bool
+	if err := conn.QueryRow(context.Background(), `SELECT to_regclass($1) IS NOT NULL`, name).Scan(&ok); err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+// triggerDefs returns the definitions of the triggers on table, sorted.
+func triggerDefs(t *testing.T, conn *pgx.Conn, table string) []string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(),
+		`SELECT pg_get_triggerdef(oid) || ' ' || tgenabled::text FROM pg_trigger WHERE tgrelid = $1::regclass AND NOT tgisinternal ORDER BY tgname`, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return defs
+}
+
+// TestGeneratedMigrationEqualsEnable applies a generated migration with goose
+// in one database and Enable in another: the triggers must be identical, and
+// the Down must leave what Disable leaves.
+func TestGeneratedMigrationEqualsEnable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const schema = `CREATE TABLE orders (id bigint PRIMARY KEY, status text);
+		CREATE TABLE lines (order_id bigint, n int, PRIMARY KEY (order_id, n));
+		CREATE TABLE ev (id int, d date, PRIMARY KEY (id, d)) PARTITION BY RANGE (d);
+		CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')`
+	tables := []string{"orders", "public.lines", "ev_1"}
+
+	viaEnable, _ := newDB(t)
+	exec(t, viaEnable, schema)
+	if _, err := triggers.Enable(ctx, viaEnable, tables...); err != nil {
+		t.Fatal(err)
+	}
+
+	viaGoose, gooseURL := newDB(t)
+	exec(t, viaGoose, schema)
+	dir := t.TempDir()
+	path, err := triggers.Generate(ctx, viaGoose, dir, tables, "pgfeed test", time.Date(2026, 11, 27, 14, 5, 41, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Base(path) != "20261127140541_pgfeed_capture_orders_lines_ev_1.sql" {
+		t.Errorf("generated %s", filepath.Base(path))
+	}
+	if _, err := triggers.Generate(ctx, viaGoose, dir, tables, "pgfeed test", time.Date(2026, 11, 27, 14, 5, 41, 0, time.UTC)); err == nil {
+		t.Error("Generate overwrote an existing file")
+	}
+	text, _ := os.ReadFile(path)
+	if !strings.Contains(string(text), "-- +goose Up") || !strings.Contains(string(text), "-- +goose Down") {
+		t.Fatalf("not a goose migration:\n%s", text)
+	}
+
+	// The DBA's own goose setup: default version table, their directory.
+	db, err := sql.Open("pgx", gooseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	p, err := goose.NewProvider(goose.DialectPostgres, db, os.DirFS(dir), goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{"orders", "lines", "ev_1"} {
+		mustEqual(t, "triggers on "+table, triggerDefs(t, viaGoose, table), triggerDefs(t, viaEnable, table))
+		if len(triggerDefs(t, viaGoose, table)) != 4 {
+			t.Errorf("%s: want 4 triggers", table)
+		}
+	}
+	l1, _ := triggers.List(ctx, viaEnable)
+	l2, _ := triggers.List(ctx, viaGoose)
+	mustEqual(t, "list", l2, l1)
+
+	if _, err := p.Down(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := triggers.Disable(ctx, viaEnable, tables...); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{"orders", "lines", "ev_1"} {
+		if defs := triggerDefs(t, viaGoose, table); len(defs) != 0 {
+			t.Errorf("after Down, %s has triggers %v", table, defs)
+		}
+	}
+}
+
+// TestNotifyOncePerTransaction checks the wake-up: one notification per
+// writing transaction, none while every listener is awake.
+func TestNotifyOncePerTransaction(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, url := newDB(t)
+	exec(t, conn, `CREATE TABLE n (id int PRIMARY KEY, v int)`)
+	if _, err := triggers.Enable(ctx, conn, "n"); err != nil {
+		t.Fatal(err)
+	}
+	listener := pgtest.Connect(t, url)
+	exec(t, listener, `LISTEN pgfeed`)
+
+	tx, _ := conn.Begin(ctx)
+	for i := range 5 {
+		if _, err := tx.Exec(ctx, `INSERT INTO n VALUES ($1, 0)`, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `UPDATE n SET v = 1; DELETE FROM n WHERE id = 0`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Every listener awake: the next transaction skips the NOTIFY.
+	exec(t, conn, `INSERT INTO pgfeed.listeners VALUES ('node-a', now() + interval '1 hour')`)
+	exec(t, conn, `INSERT INTO n VALUES (100, 0)`)
+	// One listener asleep: NOTIFY again.
+	exec(t, conn, `INSERT INTO pgfeed.listeners VALUES ('node-b', now() - interval '1 second')`)
+	exec(t, conn, `INSERT INTO n VALUES (101, 0)`)
+	exec(t, conn, `NOTIFY pgfeed, 'marker'`)
+
+	var payloads []string
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		n, err := listener.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("after %q: %v", payloads, err)
+		}
+		payloads = append(payloads, n.Payload)
+		if n.Payload == "marker" {
+			break
+		}
+	}
+	mustEqual(t, "notifications", payloads, []string{"", "", "marker"})
+}
+
+func openSQL(tb testing.TB, url string) *sql.DB {
+	tb.Helper()
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := migrations.Up(context.Background(), db); err != nil {
+		tb.Fatal(err)
+	}
+	return db
+}
