@@ -1,13 +1,26 @@
 // Package listener reads captured changes out of PostgreSQL and emits them
-// as one ordered stream: from the trigger log (pgfeed.changes, woken by
-// NOTIFY on channel "pgfeed") or, later, from logical replication.
+// as one ordered stream. It knows nothing about clients or HTTP.
 //
-// It owns the cursor: the position in the stream that clients resume from,
-// which must mean the same position on every pgfeed node serving a database.
-// It knows nothing about clients or HTTP.
+// # Trigger source: ticks and batches
 //
-// Status: the trigger log and its wake-up protocol exist (package migrations:
-// pgfeed.changes, pgfeed.listeners, pgfeed.wake); the reader that turns them
-// into an ordered, exactly-once stream is the next piece of work (the live
-// feed). This package has no code yet.
+// The capture triggers write one row per changed row to pgfeed.changes,
+// tagged with the writing transaction's id (xid8) and a sequence value taken
+// at write time. Sequence values do not follow commit order, so a reader
+// asking for "seq > last" would skip a row whose transaction commits late.
+// Instead, as in PgQ, a tick (pgfeed.ticks) records a snapshot; the batch of
+// tick N holds every change of the transactions visible in tick N's snapshot
+// and not in tick N-1's (CreateTick, ReadBatch).
+//
+// Invariants:
+//   - Every committed change is in exactly one batch; rolled-back changes are
+//     in none (they are never visible).
+//   - Batches follow commit order. Inside a batch, transactions are ordered by
+//     their largest sequence value and a transaction's changes are adjacent:
+//     two transactions that changed the same row keep their commit order.
+//   - Ticks are created one at a time under an advisory lock, so tick ids and
+//     snapshots grow together, and a batch reads the same on every node: a
+//     Cursor (tick, position) means the same change everywhere.
+//
+// Status: the continuous reader (LISTEN, the awake protocol of
+// pgfeed.listeners, reconnects, pruning) is the next piece of work.
 package listener

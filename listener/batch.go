@@ -1,0 +1,220 @@
+package listener
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Querier is what reading the trigger log needs: *pgx.Conn, *pgxpool.Pool
+// and pgx.Tx satisfy it.
+type Querier interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Cursor is a position in the ordered stream: the change at index Pos (from
+// 1) of tick Tick's batch. Pos 0 means "before the batch's first change", so
+// Cursor{Tick: n} is the position right after tick n-1's batch.
+type Cursor struct {
+	Tick int64
+	Pos  int
+}
+
+// ErrBadCursor is returned for a cursor string this package did not make.
+var ErrBadCursor = errors.New("malformed cursor")
+
+// String renders the cursor as clients see it: opaque, and the same on every
+// node reading the same database.
+func (c Cursor) String() string {
+	return "t" + strconv.FormatInt(c.Tick, 10) + "-" + strconv.Itoa(c.Pos)
+}
+
+// ParseCursor reads a cursor made by Cursor.String.
+func ParseCursor(s string) (Cursor, error) {
+	rest, ok := strings.CutPrefix(s, "t")
+	if !ok {
+		return Cursor{}, fmt.Errorf("%w: %q", ErrBadCursor, s)
+	}
+	ts, ps, ok := strings.Cut(rest, "-")
+	if !ok {
+		return Cursor{}, fmt.Errorf("%w: %q", ErrBadCursor, s)
+	}
+	tick, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil || tick < 1 || ts != strconv.FormatInt(tick, 10) {
+		return Cursor{}, fmt.Errorf("%w: %q", ErrBadCursor, s)
+	}
+	pos, err := strconv.Atoi(ps)
+	if err != nil || pos < 0 || ps != strconv.Itoa(pos) {
+		return Cursor{}, fmt.Errorf("%w: %q", ErrBadCursor, s)
+	}
+	return Cursor{Tick: tick, Pos: pos}, nil
+}
+
+// Less orders cursors as the stream does.
+func (c Cursor) Less(d Cursor) bool {
+	return c.Tick < d.Tick || c.Tick == d.Tick && c.Pos < d.Pos
+}
+
+// Change is one captured row change, as read from pgfeed.changes.
+type Change struct {
+	Cursor Cursor
+	TxID   uint64
+	Seq    int64
+	Schema string
+	Table  string
+	Op     string // insert, update, delete or truncate
+	Key    json.RawMessage
+	New    json.RawMessage
+	Old    json.RawMessage
+	// CommitTime is the time of the tick that first saw the transaction
+	// committed: at most the tick interval after the real commit.
+	CommitTime time.Time
+}
+
+// Tick is a stream position recorded in pgfeed.ticks.
+type Tick struct {
+	ID       int64
+	Snapshot string // pg_snapshot text form, xmin:xmax:xip,...
+	Time     time.Time
+}
+
+// Batch is the changes of the transactions that committed between tick
+// ID-1 and tick ID, in order: transactions in commit order as far as it can
+// be observed (see ReadBatch), the changes of one transaction together.
+type Batch struct {
+	Tick    Tick
+	Changes []Change
+}
+
+// tickLock serializes tick creation across nodes, so tick ids and snapshots
+// grow together.
+const tickLock int64 = 0x7067666565640001
+
+// CreateTick records a new tick when a transaction has committed changes
+// since the newest tick (or when there is no tick yet), and returns the
+// newest tick either way. created reports whether it made one.
+func CreateTick(ctx context.Context, db Querier) (t Tick, created bool, err error) {
+	err = pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, tickLock); err != nil {
+			return err
+		}
+		// A new statement, so its snapshot is taken after the lock: every
+		// earlier tick is committed and contained in it.
+		err := tx.QueryRow(ctx, `
+			WITH last AS (SELECT id, snapshot FROM pgfeed.ticks ORDER BY id DESC LIMIT 1)
+			INSERT INTO pgfeed.ticks (id, snapshot)
+			SELECT coalesce((SELECT id FROM last), 0) + 1, pg_current_snapshot()
+			 WHERE NOT EXISTS (SELECT 1 FROM last)
+			    OR EXISTS (SELECT 1 FROM pgfeed.changes c, last
+			                WHERE c.txid >= pg_snapshot_xmin(last.snapshot)
+			                  AND NOT pg_visible_in_snapshot(c.txid, last.snapshot))
+			RETURNING id, snapshot::text, created_at`).Scan(&t.ID, &t.Snapshot, &t.Time)
+		if err == nil {
+			created = true
+			return nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		return tx.QueryRow(ctx, `SELECT id, snapshot::text, created_at FROM pgfeed.ticks ORDER BY id DESC LIMIT 1`).
+			Scan(&t.ID, &t.Snapshot, &t.Time)
+	})
+	if err != nil {
+		return Tick{}, false, fmt.Errorf("create tick: %w", err)
+	}
+	return t, created, nil
+}
+
+// ErrTickGone is returned when a tick (or the one before it) has been pruned.
+var ErrTickGone = errors.New("tick no longer retained")
+
+// ReadBatch reads the batch of tick id: the changes of every transaction
+// visible in its snapshot and not in the previous tick's.
+//
+// Order: within the batch, transactions are ordered by their largest seq,
+// and a transaction's changes by seq. Two transactions that changed the same
+// row keep their commit order: the later one could only write the row after
+// the earlier committed, so all of the earlier one's seqs are smaller.
+func ReadBatch(ctx context.Context, db Querier, id int64) (Batch, error) {
+	var b Batch
+	rows, err := db.Query(ctx, `
+		SELECT cur.id, cur.snapshot::text, cur.created_at,
+		       c.seq, c.txid::text, c.schema_name, c.table_name, c.op, c.key, c.new, c.old
+		  FROM pgfeed.ticks cur
+		  JOIN pgfeed.ticks prev ON prev.id = cur.id - 1
+		  LEFT JOIN pgfeed.changes c
+		         ON c.txid >= pg_snapshot_xmin(prev.snapshot)
+		        AND c.txid < pg_snapshot_xmax(cur.snapshot)
+		        AND pg_visible_in_snapshot(c.txid, cur.snapshot)
+		        AND NOT pg_visible_in_snapshot(c.txid, prev.snapshot)
+		 WHERE cur.id = $1`, id)
+	if err != nil {
+		return b, fmt.Errorf("read batch %d: %w", id, err)
+	}
+	found := false
+	for rows.Next() {
+		found = true
+		var (
+			seq                 *int64
+			txid                *string
+			schema, table, op   *string
+			key, newRow, oldRow []byte
+		)
+		if err := rows.Scan(&b.Tick.ID, &b.Tick.Snapshot, &b.Tick.Time, &seq, &txid, &schema, &table, &op, &key, &newRow, &oldRow); err != nil {
+			rows.Close()
+			return b, fmt.Errorf("read batch %d: %w", id, err)
+		}
+		if seq == nil { // the LEFT JOIN's row for an empty batch
+			continue
+		}
+		x, err := strconv.ParseUint(*txid, 10, 64)
+		if err != nil {
+			rows.Close()
+			return b, fmt.Errorf("read batch %d: txid %q: %w", id, *txid, err)
+		}
+		b.Changes = append(b.Changes, Change{
+			TxID: x, Seq: *seq, Schema: *schema, Table: *table, Op: *op,
+			Key: key, New: newRow, Old: oldRow, CommitTime: b.Tick.Time,
+		})
+	}
+	if err := rows.Err(); err != nil {
+		return b, fmt.Errorf("read batch %d: %w", id, err)
+	}
+	if !found {
+		return b, fmt.Errorf("read batch %d: %w", id, ErrTickGone)
+	}
+	order(b.Changes)
+	for i := range b.Changes {
+		b.Changes[i].Cursor = Cursor{Tick: id, Pos: i + 1}
+	}
+	return b, nil
+}
+
+// order sorts a batch's changes: transactions by their largest seq, then
+// each transaction's changes by seq.
+func order(cs []Change) {
+	last := make(map[uint64]int64)
+	for _, c := range cs {
+		if c.Seq > last[c.TxID] {
+			last[c.TxID] = c.Seq
+		}
+	}
+	slices.SortFunc(cs, func(a, b Change) int {
+		if r := cmp.Compare(last[a.TxID], last[b.TxID]); r != 0 {
+			return r
+		}
+		return cmp.Compare(a.Seq, b.Seq)
+	})
+}
