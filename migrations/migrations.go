@@ -31,7 +31,7 @@ var embedded embed.FS
 // Migration is one of pgfeed's migrations and whether it is applied.
 type Migration struct {
 	Version   int64
-	Name      string    // file name, e.g. 00001_changes.sql
+	Name      string // file name, e.g. 00001_changes.sql
 	Applied   bool
 	AppliedAt time.Time // zero when not applied
 }
