@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
 )
 
 // Config is pgfeed's whole configuration, as resolved from the config file,
@@ -260,7 +261,53 @@ func (l *loader) readFile() error {
 		}
 		return badConfig("config file %s: %s", path, oneLine(err.Error()))
 	}
+	return l.checkEmptySections(path)
+}
+
+// checkEmptySections refuses a section written with no keys ("database:"
+// alone): viper would then let that empty value race with the section's
+// keys set by flags or the environment, and lose them at random.
+func (l *loader) checkEmptySections(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return badConfig("config file %s: %s", path, oneLine(err.Error()))
+	}
+	var raw map[string]any
+	if yaml.Unmarshal(b, &raw) != nil {
+		return nil // not YAML; viper has read it already
+	}
+	var walk func(prefix string, m map[string]any) string
+	walk = func(prefix string, m map[string]any) string {
+		for k, v := range m {
+			key := prefix + strings.ToLower(k)
+			switch v := v.(type) {
+			case nil:
+				if l.isSection(key) {
+					return key
+				}
+			case map[string]any:
+				if bad := walk(key+".", v); bad != "" {
+					return bad
+				}
+			}
+		}
+		return ""
+	}
+	if sec := walk("", raw); sec != "" {
+		return l.bad(sec, "the section is empty: give it keys or remove it")
+	}
 	return nil
+}
+
+// isSection reports whether key is a section (a mapping of keys), such as
+// "database" or "auth.jwt".
+func (l *loader) isSection(key string) bool {
+	for _, k := range configKeys() {
+		if strings.HasPrefix(k.name, key+".") {
+			return true
+		}
+	}
+	return false
 }
 
 // checkKeys rejects keys that pgfeed does not know. Every key outside the

@@ -210,6 +210,8 @@ func TestConfigErrors(t *testing.T) {
 		{name: "zero retention", file: "retention: 0s\n", want: []string{"retention: must be longer than zero"}},
 		{name: "negative retention", file: "retention: -1h\n", want: []string{"retention: must be longer than zero"}},
 		{name: "bad source", file: "source: kafka\n", want: []string{`source: "kafka" is not a source`}},
+		{name: "empty section", file: "database:\nhttp:\n  listen: 127.0.0.1:9\n", want: []string{"database: the section is empty"}},
+		{name: "empty nested section", file: "auth:\n  jwt:\n", want: []string{"auth.jwt: the section is empty"}},
 		{name: "bad bool", file: "auth:\n  anonymous: maybe\n", want: []string{`auth.anonymous: "maybe" is not true or false`}},
 		{name: "bad bool from env", env: map[string]string{"PGFEED_AUTH_ANONYMOUS": "yes"}, want: []string{`auth.anonymous: "yes" is not true or false`, "PGFEED_AUTH_ANONYMOUS"}},
 		{name: "bad bool in policy", file: "policies:\n  - table: t\n    roles: [anon]\n    rls: 7x\n", want: []string{`policies[0].rls: "7x" is not true or false`}},
@@ -261,5 +263,22 @@ func TestConfigErrors(t *testing.T) {
 				t.Errorf("stderr %q: the database was contacted despite a bad configuration", r.stderr)
 			}
 		})
+	}
+}
+
+// TestConfigFlagBesideFileSection repeats a resolution whose outcome once
+// depended on map iteration order: a flag setting a key of a section that the
+// file also has must win every time.
+func TestConfigFlagBesideFileSection(t *testing.T) {
+	cleanEnv(t)
+	path := writeFile(t, "pgfeed.yaml", "database:\n  url: postgres://file:5432/f\nhttp:\n  listen: 127.0.0.1:9\n")
+	for i := range 50 {
+		cfg, err := resolve(t, "migrate", "status", "--config", path, "--database-url", "postgres://flag:1/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Database.URL != "postgres://flag:1/x" || cfg.HTTP.Listen != "127.0.0.1:9" {
+			t.Fatalf("run %d: url %q listen %q", i, cfg.Database.URL, cfg.HTTP.Listen)
+		}
 	}
 }
