@@ -31,7 +31,10 @@ CREATE INDEX changes_txid_idx ON pgfeed.changes (txid);
 -- their commits.
 CREATE TABLE pgfeed.listeners (
     node        text PRIMARY KEY,
-    awake_until timestamptz NOT NULL
+    awake_until timestamptz NOT NULL,
+    -- Heartbeat: a row not seen for a while belongs to a listener that died,
+    -- and is removed so that it does not keep writers notifying.
+    seen_at     timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE pgfeed.listeners IS 'pgfeed: listeners that are awake until the given time; writers skip NOTIFY while all are.';
 

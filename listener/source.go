@@ -1,0 +1,393 @@
+package listener
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Channel is the NOTIFY channel the capture functions wake listeners on.
+const Channel = "pgfeed"
+
+// Config configures a trigger Source. Zero values mean the documented
+// defaults.
+type Config struct {
+	// Connect opens the source's dedicated connection, which LISTENs and
+	// reads. Required.
+	Connect func(ctx context.Context) (*pgx.Conn, error)
+	// Node names this process in pgfeed.listeners. Zero: a random name.
+	Node string
+	// Poll is the safety-net interval: with no wake-up, the source still
+	// looks for changes this often. Zero: 1 s.
+	Poll time.Duration
+	// AwakeFor is how long one promise to be reading lasts; writers skip
+	// NOTIFY while every listener's promise holds. Zero: 2 s.
+	AwakeFor time.Duration
+	// Retention is how long changes stay readable; older ticks and changes
+	// are pruned. Zero: 24 h.
+	Retention time.Duration
+	// PruneEvery is how often pruning runs. Zero: 1 min.
+	PruneEvery time.Duration
+	// Logger receives the source's logs. Zero: discard.
+	Logger *slog.Logger
+}
+
+// Source reads the trigger log continuously and emits its batches in order.
+// One Source owns one connection; Run drives it.
+type Source struct {
+	cfg Config
+
+	ready     chan struct{} // closed once the first session is reading
+	readyOnce sync.Once
+
+	mu   sync.Mutex
+	last int64 // guarded by mu: the newest tick whose batch was emitted
+}
+
+// New returns a Source; call Run to start it.
+func New(cfg Config) *Source {
+	if cfg.Node == "" {
+		var b [6]byte
+		_, _ = crand.Read(b[:])
+		cfg.Node = "pgfeed-" + hex.EncodeToString(b[:])
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = time.Second
+	}
+	if cfg.AwakeFor <= 0 {
+		cfg.AwakeFor = 2 * time.Second
+	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = 24 * time.Hour
+	}
+	if cfg.PruneEvery <= 0 {
+		cfg.PruneEvery = time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Source{cfg: cfg, ready: make(chan struct{})}
+}
+
+// Ready is closed once the source is listening and has its starting tick:
+// every transaction that commits afterwards will be emitted.
+func (s *Source) Ready() <-chan struct{} { return s.ready }
+
+// Position is the cursor right after the last emitted batch: where a client
+// that subscribes now starts. It is zero before Ready.
+func (s *Source) Position() Cursor {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Cursor{Tick: s.last + 1}
+}
+
+// Run reads until ctx is cancelled or emit fails, reconnecting with capped,
+// jittered backoff when the connection is lost. It calls emit with every
+// batch in tick order, from one goroutine; a batch counts as delivered when
+// emit returns nil. It returns nil on cancellation and emit's error
+// otherwise.
+func (s *Source) Run(ctx context.Context, emit func(Batch) error) error {
+	if s.cfg.Connect == nil {
+		return errors.New("listener: Config.Connect is required")
+	}
+	backoff := newBackoff(100*time.Millisecond, 10*time.Second)
+	for {
+		err := s.session(ctx, emit, backoff.reset)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var ee *emitError
+		if errors.As(err, &ee) {
+			return ee.err
+		}
+		wait := backoff.next()
+		s.cfg.Logger.Warn("change listener disconnected; reconnecting", "err", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+type emitError struct{ err error }
+
+func (e *emitError) Error() string { return e.err.Error() }
+
+// session is one connection's life: listen, catch up, then alternate
+// between reading while changes flow and sleeping until woken.
+func (s *Source) session(ctx context.Context, emit func(Batch) error, connected func()) error {
+	conn, err := s.cfg.Connect(ctx)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer func() {
+		// A fresh context: ctx may be cancelled, and the row is best removed
+		// so that writers need not wait for it to expire.
+		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, _ = conn.Exec(cctx, `DELETE FROM pgfeed.listeners WHERE node = $1`, s.cfg.Node)
+		_ = conn.Close(cctx)
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{Channel}.Sanitize()); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if err := s.setAwake(ctx, conn, true); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	last := s.last
+	s.mu.Unlock()
+	if last == 0 {
+		// First start: the stream begins after the newest tick.
+		t, _, err := CreateTick(ctx, conn)
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.last = t.ID
+		s.mu.Unlock()
+	}
+	connected()
+	s.readyOnce.Do(func() { close(s.ready) })
+
+	lastPrune := time.Time{}
+	awakeSince := time.Now()
+	for {
+		if time.Since(lastPrune) >= s.cfg.PruneEvery {
+			if err := s.prune(ctx, conn); err != nil {
+				s.cfg.Logger.Warn("prune change log", "err", err)
+			}
+			lastPrune = time.Now()
+		}
+		n, err := s.readNew(ctx, conn, emit)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			// Changes are flowing: keep reading, and keep the promise fresh.
+			if time.Since(awakeSince) >= s.cfg.AwakeFor/2 {
+				if err := s.setAwake(ctx, conn, true); err != nil {
+					return err
+				}
+				awakeSince = time.Now()
+			}
+			continue
+		}
+		if err := s.sleep(ctx, conn, emit); err != nil {
+			return err
+		}
+		if err := s.setAwake(ctx, conn, true); err != nil {
+			return err
+		}
+		awakeSince = time.Now()
+	}
+}
+
+// readNew cuts a tick and emits every batch not emitted yet. It returns the
+// number of batches emitted.
+func (s *Source) readNew(ctx context.Context, conn *pgx.Conn, emit func(Batch) error) (int, error) {
+	t, _, err := CreateTick(ctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	last := s.last
+	s.mu.Unlock()
+	n := 0
+	for id := last + 1; id <= t.ID; id++ {
+		b, err := ReadBatch(ctx, conn, id)
+		if err != nil {
+			return n, err
+		}
+		if err := emit(b); err != nil {
+			return n, &emitError{err: fmt.Errorf("emit batch %d: %w", id, err)}
+		}
+		s.mu.Lock()
+		s.last = id
+		s.mu.Unlock()
+		n++
+	}
+	return n, nil
+}
+
+// sleep withdraws the promise to be reading, drains what writers that
+// relied on it may still commit, then waits for a NOTIFY or the poll timer.
+func (s *Source) sleep(ctx context.Context, conn *pgx.Conn, emit func(Batch) error) error {
+	if err := s.setAwake(ctx, conn, false); err != nil {
+		return err
+	}
+	// Every writer that saw the promise and skipped its NOTIFY had its
+	// transaction id before the promise was withdrawn: it is below this
+	// snapshot's xmax. Read until all of those have finished.
+	var snap string
+	if err := conn.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&snap); err != nil {
+		return fmt.Errorf("take snapshot: %w", err)
+	}
+	drainWait := 5 * time.Millisecond
+	for {
+		if _, err := s.readNew(ctx, conn, emit); err != nil {
+			return err
+		}
+		var done bool
+		err := conn.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot()) >= pg_snapshot_xmax($1::pg_snapshot)`, snap).Scan(&done)
+		if err != nil {
+			return fmt.Errorf("check running writers: %w", err)
+		}
+		if done {
+			break
+		}
+		// A transaction that was running when the promise ended is still
+		// open (perhaps for minutes): keep polling, more slowly over time.
+		if err := waitNotification(ctx, conn, drainWait); err != nil {
+			return err
+		}
+		drainWait = min(drainWait*2, s.cfg.Poll)
+	}
+	// The last read may have raced with a commit; one more read after the
+	// drain closes that window.
+	if _, err := s.readNew(ctx, conn, emit); err != nil {
+		return err
+	}
+	if err := waitNotification(ctx, conn, s.cfg.Poll); err != nil {
+		return err
+	}
+	return s.heartbeat(ctx, conn)
+}
+
+// waitNotification waits up to d for a notification on conn. A timeout is
+// not an error.
+func waitNotification(ctx context.Context, conn *pgx.Conn, d time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	_, err := conn.WaitForNotification(wctx)
+	if err == nil || ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
+		return nil
+	}
+	return fmt.Errorf("wait for notification: %w", err)
+}
+
+// setAwake records (or withdraws) this node's promise to be reading.
+func (s *Source) setAwake(ctx context.Context, conn *pgx.Conn, awake bool) error {
+	until := "'-infinity'::timestamptz"
+	if awake {
+		until = "clock_timestamp() + $2::interval"
+	}
+	_, err := conn.Exec(ctx, `
+		INSERT INTO pgfeed.listeners (node, awake_until, seen_at)
+		VALUES ($1, `+until+`, now())
+		ON CONFLICT (node) DO UPDATE SET awake_until = excluded.awake_until, seen_at = excluded.seen_at`,
+		awakeArgs(s.cfg.Node, awake, s.cfg.AwakeFor)...)
+	if err != nil {
+		return fmt.Errorf("record listener state: %w", err)
+	}
+	return nil
+}
+
+func awakeArgs(node string, awake bool, d time.Duration) []any {
+	if awake {
+		return []any{node, d}
+	}
+	return []any{node}
+}
+
+// heartbeat refreshes seen_at while asleep and removes rows of listeners
+// that have not been seen for a long while (they died without cleaning up,
+// and would otherwise keep every writer sending NOTIFY).
+func (s *Source) heartbeat(ctx context.Context, conn *pgx.Conn) error {
+	_, err := conn.Exec(ctx, `
+		WITH me AS (UPDATE pgfeed.listeners SET seen_at = now() WHERE node = $1)
+		DELETE FROM pgfeed.listeners WHERE seen_at < now() - $2::interval AND node <> $1`,
+		s.cfg.Node, max(time.Minute, 30*s.cfg.Poll))
+	if err != nil {
+		return fmt.Errorf("listener heartbeat: %w", err)
+	}
+	return nil
+}
+
+// pruneLock keeps two nodes from pruning at once.
+const pruneLock int64 = 0x7067666565640002
+
+// prune removes ticks older than the retention period, keeping the newest
+// such tick as the base of the next batch, and then the changes no retained
+// batch can contain, in bounded batches so that writers are never blocked
+// for long.
+func (s *Source) prune(ctx context.Context, conn *pgx.Conn) error {
+	var locked bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, pruneLock).Scan(&locked); err != nil {
+		return err
+	}
+	if !locked {
+		return nil
+	}
+	defer func() {
+		_, _ = conn.Exec(context.Background(), `SELECT pg_advisory_unlock($1)`, pruneLock)
+	}()
+	_, err := conn.Exec(ctx, `
+		DELETE FROM pgfeed.ticks
+		 WHERE id < (SELECT max(id) FROM pgfeed.ticks WHERE created_at < now() - $1::interval)`,
+		s.cfg.Retention)
+	if err != nil {
+		return fmt.Errorf("prune ticks: %w", err)
+	}
+	for {
+		tag, err := conn.Exec(ctx, `
+			DELETE FROM pgfeed.changes
+			 WHERE ctid = ANY (ARRAY(
+			       SELECT c.ctid FROM pgfeed.changes c
+			        WHERE c.txid < (SELECT pg_snapshot_xmin(snapshot) FROM pgfeed.ticks ORDER BY id LIMIT 1)
+			        LIMIT 5000))`)
+		if err != nil {
+			return fmt.Errorf("prune changes: %w", err)
+		}
+		if tag.RowsAffected() < 5000 || ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// Oldest returns the oldest cursor still resumable: changes after it can be
+// read back. Cursors older than it must be answered with a reset.
+func Oldest(ctx context.Context, db Querier) (Cursor, error) {
+	var id *int64
+	if err := db.QueryRow(ctx, `SELECT min(id) FROM pgfeed.ticks`).Scan(&id); err != nil {
+		return Cursor{}, fmt.Errorf("oldest tick: %w", err)
+	}
+	if id == nil {
+		return Cursor{}, nil
+	}
+	// Batch min(id) needs tick min(id)-1, which is gone: the first readable
+	// batch is min(id)+1, so the oldest resumable position is its start.
+	return Cursor{Tick: *id + 1}, nil
+}
+
+// backoff yields capped exponential delays with full jitter.
+type backoff struct {
+	base, cap, cur time.Duration
+}
+
+func newBackoff(base, cap time.Duration) *backoff {
+	return &backoff{base: base, cap: cap, cur: base}
+}
+
+func (b *backoff) next() time.Duration {
+	d := b.cur/2 + rand.N(b.cur/2+1)
+	b.cur = min(b.cur*2, b.cap)
+	return d
+}
+
+func (b *backoff) reset() { b.cur = b.base }

@@ -1,0 +1,258 @@
+package listener_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgfeed/pgfeed/internal/pgtest"
+	"github.com/pgfeed/pgfeed/listener"
+	"github.com/pgfeed/pgfeed/triggers"
+)
+
+// collector gathers emitted changes and lets a test wait for a count.
+type collector struct {
+	mu      sync.Mutex
+	changes []listener.Change // guarded by mu
+	batches []int64           // guarded by mu
+	grew    chan struct{}     // signalled (non-blocking) on every batch
+}
+
+func newCollector() *collector { return &collector{grew: make(chan struct{}, 1)} }
+
+func (c *collector) emit(b listener.Batch) error {
+	c.mu.Lock()
+	c.changes = append(c.changes, b.Changes...)
+	c.batches = append(c.batches, b.Tick.ID)
+	c.mu.Unlock()
+	select {
+	case c.grew <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// waitFor waits until at least n changes arrived, or fails after d.
+func (c *collector) waitFor(t *testing.T, n int, d time.Duration) []listener.Change {
+	t.Helper()
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		c.mu.Lock()
+		got := len(c.changes)
+		out := append([]listener.Change(nil), c.changes...)
+		c.mu.Unlock()
+		if got >= n {
+			return out
+		}
+		select {
+		case <-c.grew:
+		case <-deadline.C:
+			t.Fatalf("got %d changes after %v, want %d", got, d, n)
+		}
+	}
+}
+
+// startSource runs a Source on url until the test ends.
+func startSource(t *testing.T, url string, cfg listener.Config) (*listener.Source, *collector) {
+	t.Helper()
+	connCfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connCfg.RuntimeParams["application_name"] = "pgfeed-listener"
+	cfg.Connect = func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, connCfg) }
+	src := listener.New(cfg)
+	col := newCollector()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, col.emit) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	select {
+	case <-src.Ready():
+	case err := <-done:
+		t.Fatalf("Run ended before ready: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("source not ready")
+	}
+	return src, col
+}
+
+func capturedTable(t *testing.T) (string, *pgx.Conn) {
+	t.Helper()
+	url := migratedDB(t)
+	conn := pgtest.Connect(t, url)
+	if _, err := conn.Exec(context.Background(), `CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL DEFAULT 0)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := triggers.Enable(context.Background(), conn, "items"); err != nil {
+		t.Fatal(err)
+	}
+	return url, conn
+}
+
+// TestSourceWakesOnNotify: with the safety-net poll at a minute, a change
+// committed while the source sleeps arrives through the NOTIFY.
+func TestSourceWakesOnNotify(t *testing.T) {
+	t.Parallel()
+	url, conn := capturedTable(t)
+	_, col := startSource(t, url, listener.Config{Poll: time.Minute})
+	for i := range 3 {
+		if _, err := conn.Exec(context.Background(), `INSERT INTO items (id) VALUES ($1)`, i); err != nil {
+			t.Fatal(err)
+		}
+		col.waitFor(t, i+1, 20*time.Second)
+	}
+}
+
+// TestSourceDrainsWritersThatSkippedNotify: a writer that skipped its NOTIFY
+// because the listener was awake, and commits after the listener went back
+// to sleep, is still read without waiting for the poll timer.
+func TestSourceDrainsWritersThatSkippedNotify(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, conn := capturedTable(t)
+	_, col := startSource(t, url, listener.Config{Poll: time.Minute})
+
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As a writer does when it sees every listener awake: no NOTIFY.
+	if _, err := tx.Exec(ctx, `SELECT set_config('pgfeed.woken', 'on', true)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO items (id) VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	// Wake the source while that writer is open: it reads nothing, goes
+	// back to sleep, and must drain the open writer.
+	other := pgtest.Connect(t, url)
+	if _, err := other.Exec(ctx, `NOTIFY pgfeed`); err != nil {
+		t.Fatal(err)
+	}
+	waitListenerAsleep(t, other)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	col.waitFor(t, 1, 20*time.Second)
+}
+
+// waitListenerAsleep waits until the source has withdrawn its promise.
+func waitListenerAsleep(t *testing.T, conn *pgx.Conn) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		var asleep bool
+		err := conn.QueryRow(context.Background(), `SELECT coalesce(bool_and(awake_until < clock_timestamp()), false) FROM pgfeed.listeners`).Scan(&asleep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if asleep {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("listener never went to sleep")
+}
+
+// TestSourceReconnects kills the source's backend while writes go on:
+// everything committed arrives exactly once, in order.
+func TestSourceReconnects(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, conn := capturedTable(t)
+	_, col := startSource(t, url, listener.Config{Poll: 100 * time.Millisecond})
+	killer := pgtest.Connect(t, url)
+	const n = 300
+	for i := range n {
+		if _, err := conn.Exec(ctx, `INSERT INTO items (id) VALUES ($1)`, i); err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 50 {
+			// Wait for the listener to be connected (it may still be
+			// reconnecting from the last kill), then kill it.
+			deadline := time.Now().Add(20 * time.Second)
+			for killed := 0; killed != 1; time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("no listener backend to terminate")
+				}
+				if err := killer.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+					WHERE application_name = 'pgfeed-listener' AND datname = current_database()`).Scan(&killed); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	got := col.waitFor(t, n, 60*time.Second)
+	if len(got) != n {
+		t.Fatalf("got %d changes, want exactly %d", len(got), n)
+	}
+	for i, c := range got {
+		var row struct{ ID int }
+		if err := json.Unmarshal(c.New, &row); err != nil {
+			t.Fatal(err)
+		}
+		if row.ID != i {
+			t.Fatalf("change %d is row %d: lost, duplicated or out of order", i, row.ID)
+		}
+	}
+}
+
+// TestPrune removes ticks past retention and the changes only they held.
+func TestPrune(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	_, conn := capturedTable(t)
+	for i := range 3 {
+		if _, err := conn.Exec(ctx, `INSERT INTO items (id) VALUES ($1)`, i); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := listener.CreateTick(ctx, conn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Ticks 1-3 hold rows 0-2 in batches 2 and 3 (tick 1 is the first).
+	if _, err := conn.Exec(ctx, `UPDATE pgfeed.ticks SET created_at = now() - interval '2 days' WHERE id <= 2`); err != nil {
+		t.Fatal(err)
+	}
+	src := listener.New(listener.Config{Retention: 24 * time.Hour})
+	if err := src.Prune(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	oldest, err := listener.Oldest(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if oldest != (listener.Cursor{Tick: 3}) {
+		t.Errorf("oldest resumable cursor %v, want t3-0", oldest)
+	}
+	// Row 2 (batch 3) must stay readable; every change older than the
+	// retained base tick's snapshot must be gone. (Rows of batch 2 may stay:
+	// the snapshot's xmin is held back by any transaction of the cluster.)
+	b, err := listener.ReadBatch(ctx, conn, 3)
+	if err != nil || len(b.Changes) != 1 {
+		t.Errorf("batch 3 after prune: %v, %v", b.Changes, err)
+	}
+	if _, err := listener.ReadBatch(ctx, conn, 2); !errors.Is(err, listener.ErrTickGone) {
+		t.Errorf("batch 2 after prune: %v, want ErrTickGone", err)
+	}
+	var stale int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pgfeed.changes
+		WHERE txid < (SELECT pg_snapshot_xmin(snapshot) FROM pgfeed.ticks WHERE id = 2)`).Scan(&stale); err != nil {
+		t.Fatal(err)
+	}
+	if stale != 0 {
+		t.Errorf("%d changes older than the retained base tick survived", stale)
+	}
+}
