@@ -1,7 +1,34 @@
-// Package feed is pgfeed's HTTP server: WebSocket, Server-Sent Events and
-// long polling, health and metrics, per-client bounded queues, and resume
-// from a cursor. It never reads changes from PostgreSQL itself; it is handed
-// them by the listener.
+// Package feed is pgfeed's HTTP server: WebSocket (/v1/ws), Server-Sent
+// Events (/v1/sse/{table}), long polling (/v1/changes/{table}), /healthz,
+// /readyz and /metrics. It is handed the ordered change stream (Emit) and
+// never reads changes from PostgreSQL itself; older changes for a resume
+// come through the Store interface.
 //
-// Status: no code yet; it arrives with the live feed.
+// Data flow: Emit decodes each change once, matches it against the
+// subscription index, and hands it to each matching subscription's
+// connection queue, encoding the event JSON once per distinct column
+// projection and sharing the bytes. Every connection has one bounded queue
+// and one writer goroutine; the fan-out never waits on a connection: when a
+// queue overflows, its connection is closed as a slow consumer.
+//
+// Goroutines: per WebSocket connection the handler's goroutine reads and a
+// writer goroutine it starts (and waits for) drains the queue; per SSE
+// stream likewise; a long poll runs its subscription beside its wait. Serve
+// waits for every connection it tracks before returning.
+//
+// Invariants:
+//   - A subscription gets each change at most once, in stream order, and
+//     only changes after the position it started from.
+//   - "subscribed" is queued under the hub's lock before the subscription
+//     joins the index, so it precedes every change of the subscription, and
+//     every batch dispatched afterwards reaches it.
+//   - A resume replays from memory or the Store the changes between the
+//     cursor and the position at registration, while live changes wait in
+//     the subscription's pending list; then the pending ones follow: no gap,
+//     no duplicate.
+//
+// Locks: hub.mu (position, history, registration) is taken before
+// subscription.mu, which is taken before queue.mu; the subscription index
+// has its own lock, taken inside hub.mu. Server.mu guards only the set of
+// connections and is never held while taking another lock.
 package feed

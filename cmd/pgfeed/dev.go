@@ -44,7 +44,10 @@ returns.`,
 func (a *app) dev(ctx context.Context, cfg *Config) error {
 	if cfg.Database.URLSet {
 		fmt.Fprintf(a.stdout, "using the database at %s (database.url)\n", withoutPassword(cfg.Database.URL))
-		return a.prepareDemo(ctx, cfg.Database.URL)
+		if err := a.prepareDemo(ctx, cfg.Database.URL); err != nil {
+			return err
+		}
+		return a.serveDemo(ctx, cfg)
 	}
 
 	fmt.Fprintln(a.stdout, "database.url is not set: starting a throwaway PostgreSQL from the server binaries on PATH")
@@ -56,8 +59,9 @@ func (a *app) dev(ctx context.Context, cfg *Config) error {
 
 	err = a.prepareDemo(ctx, s.URL("postgres"))
 	if err == nil {
-		fmt.Fprintln(a.stdout, "press Ctrl-C to stop")
-		<-ctx.Done()
+		dcfg := *cfg
+		dcfg.Database.URL = s.URL("postgres")
+		err = a.serveDemo(ctx, &dcfg)
 		a.log.Info("stopping the throwaway PostgreSQL", "dir", s.SocketDir())
 	}
 	if stopErr := s.Stop(); stopErr != nil {
@@ -143,7 +147,6 @@ make a change:
   INSERT INTO public.demo_orders (customer, total) VALUES ('dave', 12.50);
 and see what pgfeed captured:
   SELECT * FROM pgfeed.changes ORDER BY seq;
-The change-feed server (pgfeed serve) comes in a later version; until then pgfeed.changes shows what it will stream.
 `, withoutPassword(dbURL))
 	return nil
 }
@@ -165,4 +168,26 @@ func withoutPassword(s string) string {
 		u.User = url.User(u.User.Username())
 	}
 	return u.String()
+}
+
+// serveDemo serves the demo table to anonymous clients (unless policies are
+// configured) until ctx is done, printing how to connect.
+func (a *app) serveDemo(ctx context.Context, cfg *Config) error {
+	if len(cfg.Policies) == 0 {
+		cfg.Auth.Anonymous = true
+		cfg.Policies = []Policy{{Table: demoTable, Roles: []string{"anon"}}}
+		fmt.Fprintf(a.stdout, "no policies configured: serving %s to anonymous clients\n", demoTable)
+	}
+	return a.serve(ctx, cfg, func(addr string) {
+		fmt.Fprintf(a.stdout, `
+pgfeed is serving on http://%[1]s
+  follow the demo table as Server-Sent Events:
+    curl -N 'http://%[1]s/v1/sse/%[2]s'
+  long-poll it:
+    curl 'http://%[1]s/v1/changes/%[2]s?wait=30s'
+  or open a WebSocket to ws://%[1]s/v1/ws and send
+    {"type":"subscribe","id":"s1","table":"%[2]s"}
+press Ctrl-C to stop
+`, addr, demoTable)
+	})
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -13,15 +15,50 @@ import (
 	"github.com/pgfeed/pgfeed/internal/pgtest"
 )
 
-// With database.url set, dev prepares that database and returns.
+// startDev runs pgfeed dev with args until the test ends, and returns its
+// output once it serves.
+func startDev(t *testing.T, args ...string) (stdout *syncBuffer, stop func() (int, string)) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stdout = newSyncBuffer("press Ctrl-C to stop")
+	var stderr bytes.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, append([]string{"dev", "--listen", "127.0.0.1:0"}, args...), stdout, &stderr) }()
+	stopped := false
+	var code int
+	stop = func() (int, string) {
+		if !stopped {
+			stopped = true
+			cancel() // what SIGINT does through main's signal.NotifyContext
+			select {
+			case code = <-done:
+			case <-time.After(time.Minute):
+				t.Fatal("dev did not return within a minute of being cancelled")
+			}
+		}
+		return code, stderr.String()
+	}
+	t.Cleanup(func() { stop() })
+	select {
+	case <-stdout.seen:
+	case code := <-done:
+		stopped = true
+		t.Fatalf("dev exited with %d before it was ready\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr.String())
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("dev not ready after 3 minutes\nstdout:\n%s", stdout)
+	}
+	return stdout, stop
+}
+
+// With database.url set, dev prepares that database and serves it.
 func TestDevExplicitDatabase(t *testing.T) {
 	cleanEnv(t)
 	ctx := context.Background()
 	url := pgtest.NewDB(t)
 	t.Setenv("PGFEED_DATABASE_URL", url)
 
-	r := pgfeed(t, "dev")
-	r.wantCode(t, 0)
+	stdout, stop := startDev(t)
+	out := stdout.String()
 	for _, w := range []string{
 		"applied migration 00001_changes.sql",
 		"created table public.demo_orders",
@@ -30,29 +67,69 @@ func TestDevExplicitDatabase(t *testing.T) {
 		`psql "` + url + `"`,
 		"INSERT INTO public.demo_orders",
 		"SELECT * FROM pgfeed.changes ORDER BY seq",
-		"pgfeed serve",
+		"curl -N 'http://127.0.0.1:",
 	} {
-		if !strings.Contains(r.stdout, w) {
-			t.Errorf("dev output lacks %q:\n%s", w, r.stdout)
+		if !strings.Contains(out, w) {
+			t.Errorf("dev output lacks %q:\n%s", w, out)
 		}
 	}
-	if strings.Contains(r.stdout, "Ctrl-C") {
-		t.Errorf("dev with an explicit database waits for Ctrl-C:\n%s", r.stdout)
-	}
-
 	conn := pgtest.Connect(t, url)
 	checkDemo(t, conn)
 
+	// The printed long-poll URL answers with a change made now.
+	m := regexp.MustCompile(`curl '(http://[^']+/v1/changes/[^']+)'`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no long-poll URL in:\n%s", out)
+	}
+	type pollAnswer struct {
+		Changes []map[string]any
+		Cursor  string
+	}
+	answer := make(chan pollAnswer, 1)
+	go func() {
+		resp, err := http.Get(m[1])
+		if err != nil {
+			t.Error(err)
+			answer <- pollAnswer{}
+			return
+		}
+		defer resp.Body.Close()
+		var a pollAnswer
+		if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
+			t.Error(err)
+		}
+		answer <- a
+	}()
+	// The poll starts from "now"; keep writing until one reaches it.
+	deadline := time.After(time.Minute)
+	for got := false; !got; {
+		if _, err := conn.Exec(ctx, `INSERT INTO public.demo_orders (customer, total) VALUES ('erin', 1)`); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case a := <-answer:
+			if len(a.Changes) == 0 || a.Changes[0]["table"] != "public.demo_orders" || a.Cursor == "" {
+				t.Fatalf("long poll answered %+v", a)
+			}
+			got = true
+		case <-deadline:
+			t.Fatal("no long-poll answer")
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+
+	code, stderr := stop()
+	if code != 0 {
+		t.Fatalf("dev exited with %d, want 0\nstderr:\n%s", code, stderr)
+	}
+	checkStderr(t, stderr)
+
 	// Running it again changes nothing.
-	r = pgfeed(t, "dev")
-	r.wantCode(t, 0)
-	if !strings.Contains(r.stdout, "already exists") || strings.Contains(r.stdout, "inserted") {
-		t.Errorf("second dev:\n%s", r.stdout)
+	stdout, stop = startDev(t)
+	if out := stdout.String(); !strings.Contains(out, "already exists") || strings.Contains(out, "inserted") {
+		t.Errorf("second dev:\n%s", out)
 	}
-	var n int
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM public.demo_orders`).Scan(&n); err != nil || n != 4 {
-		t.Errorf("demo_orders after a second dev: %d rows, %v; want 4", n, err)
-	}
+	stop()
 }
 
 // checkDemo checks that the demo table has its rows and is captured: an
@@ -90,22 +167,8 @@ func TestDevThrowaway(t *testing.T) {
 		t.Skip("starts a PostgreSQL server")
 	}
 	cleanEnv(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-
-	stdout := newSyncBuffer("press Ctrl-C to stop")
-	var stderr bytes.Buffer
-	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"dev"}, stdout, &stderr) }()
-
-	select {
-	case <-stdout.seen:
-	case code := <-done:
-		t.Fatalf("dev exited with %d before it was ready\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr.String())
-	case <-time.After(3 * time.Minute):
-		cancel()
-		t.Fatalf("dev not ready after 3 minutes\nstdout:\n%s", stdout)
-	}
+	ctx := context.Background()
+	stdout, stop := startDev(t)
 	out := stdout.String()
 	m := regexp.MustCompile(`psql "([^"]+)"`).FindStringSubmatch(out)
 	if m == nil {
@@ -115,7 +178,6 @@ func TestDevThrowaway(t *testing.T) {
 	if !strings.Contains(out, "starting a throwaway PostgreSQL") || !strings.Contains(out, "capture enabled on public.demo_orders") {
 		t.Errorf("dev output:\n%s", out)
 	}
-
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatalf("connect to the printed URL %s: %v", url, err)
@@ -123,16 +185,11 @@ func TestDevThrowaway(t *testing.T) {
 	checkDemo(t, conn)
 	conn.Close(ctx)
 
-	cancel() // what SIGINT does through main's signal.NotifyContext
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("dev exited with %d after cancel, want 0\nstderr:\n%s", code, stderr.String())
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("dev did not return within a minute of being cancelled")
+	code, stderr := stop()
+	if code != 0 {
+		t.Fatalf("dev exited with %d after cancel, want 0\nstderr:\n%s", code, stderr)
 	}
-	checkStderr(t, stderr.String())
+	checkStderr(t, stderr)
 	if !strings.Contains(stdout.String(), "stopped and removed") {
 		t.Errorf("dev output after stop:\n%s", stdout)
 	}

@@ -190,17 +190,6 @@ func (a *app) versionCmd() *cobra.Command {
 	}
 }
 
-func (a *app) serveCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "serve",
-		Short: "Run the change-feed server (not available yet)",
-		Args:  cobra.ArbitraryArgs,
-		RunE: func(*cobra.Command, []string) error {
-			return &usageError{msg: "serve is not available yet in this version (the change-feed server comes with the live feed)"}
-		},
-	}
-}
-
 func (a *app) benchCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "bench",

@@ -1,0 +1,201 @@
+package feed
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pgfeed/pgfeed/listener"
+	"github.com/pgfeed/pgfeed/subscriptions"
+)
+
+// event is one change on its way to clients: decoded once for matching, and
+// encoded once per distinct projection (column list) that its subscribers
+// ask for. Only the fan-out goroutine touches an event's encodings.
+type event struct {
+	cursor listener.Cursor
+	table  string // schema.table
+	op     string
+	key    []byte // compact JSON, never projected
+	new    fields // nil when absent
+	old    fields
+	time   time.Time
+
+	match subscriptions.Change // decoded rows for the filters
+
+	mu      sync.Mutex
+	encoded map[string][]byte // guarded by mu: projection key -> full event JSON
+}
+
+// field is one column of a row as to_jsonb rendered it, order kept.
+type field struct {
+	name string
+	raw  []byte // compact JSON value
+}
+
+type fields []field
+
+// parseFields splits a JSON object into its members, keeping their order and
+// compacting each value. JSON null (or nothing) gives nil.
+func parseFields(raw []byte) (fields, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, fmt.Errorf("row is not a JSON object")
+	}
+	fs := fields{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		name, _ := tok.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, err
+		}
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, v); err != nil {
+			return nil, err
+		}
+		fs = append(fs, field{name: name, raw: buf.Bytes()})
+	}
+	return fs, nil
+}
+
+func (fs fields) appendJSON(b []byte, keep func(string) bool) []byte {
+	if fs == nil {
+		return append(b, "null"...)
+	}
+	b = append(b, '{')
+	first := true
+	for _, f := range fs {
+		if keep != nil && !keep(f.name) {
+			continue
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = strconv.AppendQuote(b, f.name)
+		b = append(b, ':')
+		b = append(b, f.raw...)
+	}
+	return append(b, '}')
+}
+
+// newEvent prepares a change from the listener for matching and encoding.
+func newEvent(c listener.Change) (*event, error) {
+	e := &event{cursor: c.Cursor, table: c.Schema + "." + c.Table, op: c.Op, time: c.CommitTime}
+	var err error
+	if e.new, err = parseFields(c.New); err != nil {
+		return nil, fmt.Errorf("change %s: new row: %w", c.Cursor, err)
+	}
+	if e.old, err = parseFields(c.Old); err != nil {
+		return nil, fmt.Errorf("change %s: old row: %w", c.Cursor, err)
+	}
+	if k := bytes.TrimSpace(c.Key); len(k) > 0 && string(k) != "null" {
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, k); err != nil {
+			return nil, fmt.Errorf("change %s: key: %w", c.Cursor, err)
+		}
+		e.key = buf.Bytes()
+	}
+	e.match = subscriptions.Change{Table: e.table, Op: e.op}
+	if e.new != nil {
+		if e.match.New, err = subscriptions.DecodeRow(c.New); err != nil {
+			return nil, fmt.Errorf("change %s: new row: %w", c.Cursor, err)
+		}
+	}
+	if e.old != nil {
+		if e.match.Old, err = subscriptions.DecodeRow(c.Old); err != nil {
+			return nil, fmt.Errorf("change %s: old row: %w", c.Cursor, err)
+		}
+	}
+	return e, nil
+}
+
+// projection is a sorted column list; its key is the list joined by commas
+// ("" for every column).
+type projection struct {
+	key  string
+	cols map[string]bool // nil: every column
+}
+
+func newProjection(cols []string) projection {
+	if len(cols) == 0 {
+		return projection{}
+	}
+	p := projection{cols: make(map[string]bool, len(cols))}
+	names := make([]string, 0, len(cols))
+	for _, c := range cols {
+		if !p.cols[c] {
+			p.cols[c] = true
+			names = append(names, c)
+		}
+	}
+	slices.Sort(names)
+	p.key = strings.Join(names, ",")
+	return p
+}
+
+// json returns the change event for projection p, encoding it the first
+// time p is asked for; every subscriber with that projection shares the
+// bytes, which must not be modified.
+func (e *event) json(p projection) []byte {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if b, ok := e.encoded[p.key]; ok {
+		return b
+	}
+	var keep func(string) bool
+	if p.cols != nil {
+		keep = func(name string) bool { return p.cols[name] }
+	}
+	b := make([]byte, 0, 128+len(e.key)+rowSize(e.new)+rowSize(e.old))
+	b = append(b, `{"cursor":`...)
+	b = strconv.AppendQuote(b, e.cursor.String())
+	b = append(b, `,"table":`...)
+	b = strconv.AppendQuote(b, e.table)
+	b = append(b, `,"op":`...)
+	b = strconv.AppendQuote(b, e.op)
+	b = append(b, `,"key":`...)
+	if e.key == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, e.key...)
+	}
+	b = append(b, `,"new":`...)
+	b = e.new.appendJSON(b, keep)
+	b = append(b, `,"old":`...)
+	b = e.old.appendJSON(b, keep)
+	b = append(b, `,"commit_time":"`...)
+	b = e.time.UTC().AppendFormat(b, "2006-01-02T15:04:05.000000Z")
+	b = append(b, `"}`...)
+	if e.encoded == nil {
+		e.encoded = make(map[string][]byte, 1)
+	}
+	e.encoded[p.key] = b
+	return b
+}
+
+func rowSize(fs fields) int {
+	n := 4
+	for _, f := range fs {
+		n += len(f.name) + len(f.raw) + 4
+	}
+	return n
+}

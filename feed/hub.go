@@ -1,0 +1,311 @@
+package feed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pgfeed/pgfeed/listener"
+	"github.com/pgfeed/pgfeed/subscriptions"
+)
+
+// Store reads the change stream back from the database, for replays older
+// than the in-memory history. The listener package provides it.
+type Store interface {
+	// Batch reads the batch of one tick; listener.ErrTickGone when pruned.
+	Batch(ctx context.Context, tick int64) (listener.Batch, error)
+	// Oldest is the oldest resumable position.
+	Oldest(ctx context.Context) (listener.Cursor, error)
+	// Newest is the newest tick id (0 when none).
+	Newest(ctx context.Context) (int64, error)
+}
+
+// ErrCursorExpired means a cursor is older than what can be replayed, or
+// unknown: the client must refetch its state.
+var ErrCursorExpired = errors.New("cursor_expired")
+
+// hub is the fan-out: it receives the ordered stream, keeps recent history,
+// matches each change against the subscription index and hands it to each
+// matching subscription's connection queue, never waiting on a connection.
+type hub struct {
+	log   *slog.Logger
+	index *subscriptions.Index
+	store Store
+
+	histMax      int // events kept in memory for instant replay
+	pendingMax   int // events a replaying subscription may buffer
+	replayFromDB bool
+
+	// mu makes registering a subscription and reading the position atomic
+	// with dispatching a batch: a subscription registered at position P gets
+	// every batch after P from the fan-out and nothing before it.
+	mu       sync.Mutex
+	pos      listener.Cursor // guarded by mu: the position after the last dispatched batch
+	started  bool            // guarded by mu: pos is known
+	hist     []*event        // guarded by mu: recent events, oldest first (a ring)
+	histHead int             // guarded by mu: index of the oldest event in hist once full
+	histFrom listener.Cursor // guarded by mu: every event after this is in hist
+
+	delivered atomic.Int64 // changes handed to queues
+}
+
+func newHub(log *slog.Logger, store Store, histMax, pendingMax int) *hub {
+	return &hub{
+		log: log, index: subscriptions.NewIndex(), store: store,
+		histMax: histMax, pendingMax: pendingMax, replayFromDB: store != nil,
+	}
+}
+
+// start fixes the starting position (the listener's, once ready) unless a
+// batch has already been dispatched.
+func (h *hub) start(pos listener.Cursor) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.started {
+		h.pos, h.histFrom, h.started = pos, pos, true
+	}
+}
+
+// position is where a subscription made now starts.
+func (h *hub) position() (listener.Cursor, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.pos, h.started
+}
+
+// dispatch is the listener's emit: it fans one batch out. It never blocks on
+// a client.
+func (h *hub) dispatch(b listener.Batch) error {
+	events := make([]*event, 0, len(b.Changes))
+	for _, c := range b.Changes {
+		e, err := newEvent(c)
+		if err != nil {
+			// A row pgfeed cannot parse is a bug, not a client's problem:
+			// log it and keep the stream going.
+			h.log.Error("skip unreadable change", "cursor", c.Cursor.String(), "err", err)
+			continue
+		}
+		events = append(events, e)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.started {
+		h.histFrom, h.started = listener.Cursor{Tick: b.Tick.ID}, true
+	}
+	for _, e := range events {
+		h.index.Match(&e.match, func(s *subscriptions.Sub) {
+			s.Value.(*subscription).deliver(e)
+		})
+		h.remember(e)
+	}
+	h.pos = listener.Cursor{Tick: b.Tick.ID + 1}
+	return nil
+}
+
+// remember appends e to the history ring. Caller holds h.mu.
+func (h *hub) remember(e *event) {
+	if h.histMax <= 0 {
+		h.histFrom = e.cursor
+		return
+	}
+	if len(h.hist) < h.histMax {
+		h.hist = append(h.hist, e)
+		return
+	}
+	old := h.hist[h.histHead]
+	h.hist[h.histHead] = e
+	h.histHead = (h.histHead + 1) % len(h.hist)
+	h.histFrom = old.cursor
+}
+
+// historyAfter returns the remembered events after c, oldest first. Caller
+// holds h.mu and has checked that c is not before histFrom.
+func (h *hub) historyAfter(c listener.Cursor) []*event {
+	var out []*event
+	n := len(h.hist)
+	for i := range n {
+		e := h.hist[(h.histHead+i)%n]
+		if c.Less(e.cursor) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// subscribe registers s and starts it: from now when since is nil, or
+// replaying everything after *since first. announce is called exactly once,
+// under the hub's lock and so before any event of s is queued, with the
+// cursor the subscription starts from and whether since had expired (the
+// subscription then starts from now and the caller tells the client to
+// reset).
+//
+// The replay runs on the caller's goroutine, pushing into the connection's
+// queue at the client's pace; live changes that arrive meanwhile wait in the
+// subscription's pending list and follow the replay with no gap and no
+// duplicate.
+func (h *hub) subscribe(ctx context.Context, s *subscription, since *listener.Cursor, announce func(start listener.Cursor, expired bool)) error {
+	expired := false
+	if since != nil {
+		h.mu.Lock()
+		pos, histFrom, started := h.pos, h.histFrom, h.started
+		h.mu.Unlock()
+		if !started {
+			return errNotReady
+		}
+		switch {
+		case since.Tick > pos.Tick:
+			// Past this node's position: fine if another node is ahead,
+			// not if the cursor is invented.
+			if err := h.checkFuture(ctx, *since); errors.Is(err, ErrCursorExpired) {
+				since, expired = nil, true
+			} else if err != nil {
+				return err
+			}
+		case since.Less(histFrom):
+			if ok, err := h.resumable(ctx, *since); err != nil {
+				return err
+			} else if !ok {
+				since, expired = nil, true
+			}
+		}
+	}
+
+	h.mu.Lock()
+	if !h.started {
+		h.mu.Unlock()
+		return errNotReady
+	}
+	pos := h.pos
+	if since == nil || !since.Less(pos) {
+		start := pos
+		if since != nil {
+			start = *since
+		}
+		s.after = start
+		announce(start, expired)
+		h.index.Add(s.sub)
+		h.mu.Unlock()
+		return nil
+	}
+	c := *since
+	s.after = c
+	s.beginReplay(pos)
+	announce(c, false)
+	h.index.Add(s.sub)
+	var fromMemory []*event
+	inMemory := !c.Less(h.histFrom)
+	if inMemory {
+		fromMemory = h.historyAfter(c)
+	}
+	histFrom := h.histFrom
+	h.mu.Unlock()
+
+	var err error
+	if inMemory {
+		err = s.replay(ctx, fromMemory)
+	} else {
+		err = h.replayStored(ctx, s, c, histFrom)
+	}
+	if err != nil {
+		// Pruned while replaying, or the connection went away: the caller
+		// resets or ends the subscription.
+		s.endReplay(pos)
+		return err
+	}
+	s.endReplay(listener.Cursor{})
+	return nil
+}
+
+var (
+	errNotReady    = errors.New("the change stream is not ready yet")
+	errQueueClosed = errors.New("connection closed")
+)
+
+// resumable reports whether the changes after c can still be read back.
+func (h *hub) resumable(ctx context.Context, c listener.Cursor) (bool, error) {
+	if !h.replayFromDB {
+		return false, nil
+	}
+	oldest, err := h.store.Oldest(ctx)
+	if err != nil {
+		return false, fmt.Errorf("check cursor: %w", err)
+	}
+	// A cursor inside the batch just before the oldest retained one cannot
+	// be resumed either: the rest of that batch is gone.
+	return oldest.Tick != 0 && !c.Less(oldest), nil
+}
+
+// checkFuture verifies that a cursor beyond this node's position names a
+// tick that exists.
+func (h *hub) checkFuture(ctx context.Context, c listener.Cursor) error {
+	if h.store == nil {
+		return ErrCursorExpired
+	}
+	newest, err := h.store.Newest(ctx)
+	if err != nil {
+		return fmt.Errorf("check cursor: %w", err)
+	}
+	if c.Tick > newest+1 {
+		return ErrCursorExpired
+	}
+	return nil
+}
+
+// replayStored replays from the database the events after c up to histFrom,
+// then the in-memory history from there.
+func (h *hub) replayStored(ctx context.Context, s *subscription, c, histFrom listener.Cursor) error {
+	if !h.replayFromDB {
+		return ErrCursorExpired
+	}
+	// Batches up to histFrom: the one holding it, or the one before when
+	// histFrom is a batch's start.
+	last := histFrom.Tick
+	if histFrom.Pos == 0 {
+		last--
+	}
+	for tick := max(c.Tick, 1); tick <= last; tick++ {
+		b, err := h.store.Batch(ctx, tick)
+		if errors.Is(err, listener.ErrTickGone) {
+			return ErrCursorExpired
+		}
+		if err != nil {
+			return fmt.Errorf("replay: %w", err)
+		}
+		var batch []*event
+		for _, ch := range b.Changes {
+			if !c.Less(ch.Cursor) || histFrom.Less(ch.Cursor) {
+				continue
+			}
+			e, err := newEvent(ch)
+			if err != nil {
+				return fmt.Errorf("replay: %w", err)
+			}
+			batch = append(batch, e)
+		}
+		if err := s.replay(ctx, batch); err != nil {
+			return err
+		}
+	}
+	h.mu.Lock()
+	var fromMemory []*event
+	if !histFrom.Less(h.histFrom) {
+		fromMemory = h.historyAfter(histFrom)
+	} else {
+		// The history moved on while we read the database: read what fell
+		// out of it from the database too.
+		newFrom := h.histFrom
+		h.mu.Unlock()
+		return h.replayStored(ctx, s, histFrom, newFrom)
+	}
+	h.mu.Unlock()
+	return s.replay(ctx, fromMemory)
+}
+
+// unsubscribe removes s from the index; nothing more is delivered to it.
+func (h *hub) unsubscribe(s *subscription) {
+	h.index.Remove(s.sub)
+	s.stop()
+}

@@ -1,0 +1,456 @@
+package feed
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgfeed/pgfeed/listener"
+	"github.com/pgfeed/pgfeed/subscriptions"
+)
+
+// Catalog describes captured tables. A table that is not captured (or does
+// not exist) gives an error wrapping ErrUnknownTable.
+type Catalog interface {
+	Table(ctx context.Context, name string) (*subscriptions.Table, error)
+}
+
+// ErrUnknownTable is wrapped by Catalog errors for tables pgfeed does not
+// capture.
+var ErrUnknownTable = errors.New("table not captured")
+
+// Config configures a Server. Zero values mean the documented defaults.
+type Config struct {
+	// Listen is the TCP address to serve on (host:port).
+	Listen string
+	// AllowedOrigins are the browser origins (scheme://host[:port], or "*")
+	// allowed to open WebSockets and make CORS requests. Empty: same origin
+	// only.
+	AllowedOrigins []string
+	// Anonymous lets clients without a token in, with role "anon".
+	Anonymous bool
+	// Policies decide what each role may read. Nil: nothing is served.
+	Policies *subscriptions.Policies
+	// Catalog describes the captured tables. Required.
+	Catalog Catalog
+	// Store reads older changes back for resumes. Nil: resume only from
+	// memory.
+	Store Store
+	// Ready reports whether the database is reachable and capture runs, for
+	// /readyz. Nil: always ready once the stream has started.
+	Ready func(ctx context.Context) error
+	// Logger receives the server's logs. Nil: discard.
+	Logger *slog.Logger
+
+	// History is how many recent changes are kept in memory for instant
+	// replay. Zero: 100,000.
+	History int
+	// QueueMessages and QueueBytes bound each connection's outgoing queue;
+	// a client that lets it fill up is disconnected as a slow consumer.
+	// Zero: 4,096 messages and 16 MiB.
+	QueueMessages int
+	QueueBytes    int
+	// MaxMessageBytes is the largest WebSocket message a client may send.
+	// Zero: 64 KiB.
+	MaxMessageBytes int
+	// MaxSubscriptions per connection. Zero: 100.
+	MaxSubscriptions int
+	// WriteTimeout bounds every network write. Zero: 10 s.
+	WriteTimeout time.Duration
+	// Heartbeat is the SSE comment and WebSocket ping interval. Zero: 15 s.
+	Heartbeat time.Duration
+}
+
+func (c *Config) defaults() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.History == 0 {
+		c.History = 100_000
+	}
+	if c.QueueMessages == 0 {
+		c.QueueMessages = 4096
+	}
+	if c.QueueBytes == 0 {
+		c.QueueBytes = 16 << 20
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = 64 << 10
+	}
+	if c.MaxSubscriptions == 0 {
+		c.MaxSubscriptions = 100
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = 15 * time.Second
+	}
+}
+
+// Server serves the change feed over WebSocket, SSE and long polling.
+type Server struct {
+	cfg     Config
+	hub     *hub
+	mux     *http.ServeMux
+	origins []string // host patterns for the WebSocket origin check
+
+	closing   chan struct{} // closed when shutdown begins
+	closeOnce sync.Once
+
+	mu    sync.Mutex
+	conns map[*client]struct{} // guarded by mu: open streaming connections
+	wg    sync.WaitGroup       // streaming handlers and their writers
+
+	slow atomic.Int64 // connections closed as slow consumers
+}
+
+// New returns a Server. Feed it the change stream with Emit (the listener's
+// emit function) and Start, and serve it with Run or Handler.
+func New(cfg Config) (*Server, error) {
+	cfg.defaults()
+	if cfg.Catalog == nil {
+		return nil, errors.New("feed: Config.Catalog is required")
+	}
+	s := &Server{
+		cfg:     cfg,
+		hub:     newHub(cfg.Logger, cfg.Store, cfg.History, cfg.QueueMessages),
+		mux:     http.NewServeMux(),
+		closing: make(chan struct{}),
+		conns:   make(map[*client]struct{}),
+	}
+	for _, o := range cfg.AllowedOrigins {
+		if o == "*" {
+			s.origins = []string{"*"}
+			break
+		}
+		u, err := url.Parse(o)
+		if err != nil || u.Host == "" {
+			return nil, fmt.Errorf("feed: allowed origin %q is not scheme://host[:port]", o)
+		}
+		s.origins = append(s.origins, u.Host)
+	}
+	s.mux.HandleFunc("GET /v1/ws", s.serveWS)
+	s.mux.HandleFunc("GET /v1/sse/{table}", s.serveSSE)
+	s.mux.HandleFunc("GET /v1/changes/{table}", s.servePoll)
+	s.mux.HandleFunc("OPTIONS /v1/", s.servePreflight)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	s.mux.HandleFunc("GET /readyz", s.serveReady)
+	s.mux.HandleFunc("GET /metrics", s.serveMetrics)
+	return s, nil
+}
+
+// Emit hands one batch of the ordered stream to the fan-out. It is the
+// listener's emit function; it never blocks on a client.
+func (s *Server) Emit(b listener.Batch) error { return s.hub.dispatch(b) }
+
+// Start tells the server where the stream starts (the listener's position
+// once ready). Subscriptions are refused until Start or the first Emit.
+func (s *Server) Start(pos listener.Cursor) { s.hub.start(pos) }
+
+// Handler is the server's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.cors(s.mux) }
+
+// Run serves on cfg.Listen until ctx is cancelled, then closes every
+// streaming connection with a going-away notice and returns.
+func (s *Server) Run(ctx context.Context) error {
+	l, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
+	}
+	return s.Serve(ctx, l)
+}
+
+// Serve is Run on an existing listener.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(l) }()
+	select {
+	case err := <-errc:
+		s.shutdown()
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.shutdown()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := hs.Shutdown(sctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = hs.Close()
+	}
+	s.wg.Wait()
+	if err != nil {
+		return fmt.Errorf("shut down: %w", err)
+	}
+	return nil
+}
+
+// shutdown tells every streaming connection to go away. Idempotent.
+func (s *Server) shutdown() {
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		s.mu.Lock()
+		for c := range s.conns {
+			c.q.close("going_away")
+		}
+		s.mu.Unlock()
+	})
+}
+
+func (s *Server) track(c *client) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.closing:
+		return false
+	default:
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c *client) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// client is one streaming connection's state, whatever the transport.
+type client struct {
+	q  *queue
+	id subscriptions.Identity
+
+	mu   sync.Mutex
+	subs map[string]*subscription // guarded by mu
+}
+
+func (s *Server) newClient(id subscriptions.Identity) *client {
+	return &client{q: newQueue(s.cfg.QueueMessages, s.cfg.QueueBytes), id: id, subs: make(map[string]*subscription)}
+}
+
+// endAll unsubscribes everything of the client.
+func (s *Server) endAll(c *client) {
+	c.mu.Lock()
+	subs := c.subs
+	c.subs = map[string]*subscription{}
+	c.mu.Unlock()
+	for _, sub := range subs {
+		s.hub.unsubscribe(sub)
+	}
+}
+
+// apiError is an error a client is told about, with the contract's code.
+type apiError struct {
+	code    string // bad_request, unauthorized, forbidden, not_found, ...
+	message string
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+func (e *apiError) status() int {
+	switch e.code {
+	case "bad_request", "too_large":
+		return http.StatusBadRequest
+	case "unauthorized":
+		return http.StatusUnauthorized
+	case "forbidden":
+		return http.StatusForbidden
+	case "not_found":
+		return http.StatusNotFound
+	case "rate_limited":
+		return http.StatusTooManyRequests
+	case "cursor_expired":
+		return http.StatusConflict
+	case "unavailable":
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+func errorf(code, format string, args ...any) *apiError {
+	return &apiError{code: code, message: fmt.Sprintf(format, args...)}
+}
+
+// identify returns who is asking. Tokens are not verified yet: a request
+// with one is refused rather than served as anonymous.
+func (s *Server) identify(r *http.Request) (subscriptions.Identity, *apiError) {
+	token := ""
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, rest, ok := strings.Cut(h, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(rest) == "" {
+			return subscriptions.Identity{}, errorf("unauthorized", "the Authorization header must be \"Bearer <token>\"")
+		}
+		token = strings.TrimSpace(rest)
+	}
+	if token == "" {
+		token = r.URL.Query().Get("access_token")
+	}
+	if token != "" {
+		return subscriptions.Identity{}, errorf("unauthorized", "token authentication is not available in this version of pgfeed; connect without a token (auth.anonymous)")
+	}
+	if !s.cfg.Anonymous {
+		return subscriptions.Identity{}, errorf("unauthorized", "a token is required (anonymous access is off)")
+	}
+	return subscriptions.Identity{Role: "anon"}, nil
+}
+
+// request is a subscription as a client asks for it, on any transport.
+type request struct {
+	table  string
+	filter subscriptions.Filter
+	events []string
+	sel    string
+	since  string
+}
+
+// prepared is a request checked against the catalog and the policies.
+type prepared struct {
+	table *subscriptions.Table
+	sub   *subscriptions.Sub
+	cols  []string // projection; nil = every column
+	since *listener.Cursor
+}
+
+// qualify reads "orders" as "public.orders".
+func qualify(table string) string {
+	if strings.Contains(table, ".") {
+		return table
+	}
+	return "public." + table
+}
+
+func (s *Server) prepare(ctx context.Context, id subscriptions.Identity, req request) (*prepared, *apiError) {
+	if req.table == "" {
+		return nil, errorf("bad_request", "table is required")
+	}
+	name := qualify(req.table)
+	t, err := s.cfg.Catalog.Table(ctx, name)
+	if errors.Is(err, ErrUnknownTable) {
+		return nil, errorf("not_found", "table %s is not captured by pgfeed", name)
+	}
+	if err != nil {
+		s.cfg.Logger.Error("describe table", "table", name, "err", err)
+		return nil, errorf("internal", "could not read table %s", name)
+	}
+	if s.cfg.Policies == nil {
+		return nil, errorf("forbidden", "no policy allows role %q to read %s", id.Role, t.Name)
+	}
+	grant, err := s.cfg.Policies.Authorize(id, t.Name)
+	if err != nil {
+		return nil, errorf("forbidden", "%s", err.Error())
+	}
+	if err := req.filter.Check(t); err != nil {
+		return nil, errorf("bad_request", "%s", err.Error())
+	}
+	events, err := subscriptions.ParseEvents(req.events)
+	if err != nil {
+		return nil, errorf("bad_request", "%s", err.Error())
+	}
+	sel, err := subscriptions.ParseSelect(req.sel, t)
+	if err != nil {
+		return nil, errorf("bad_request", "%s", err.Error())
+	}
+	// The grant's filter is ANDed in; a filter or select on a column the
+	// policy withholds is refused, as it would reveal the column.
+	filter, cols, err := grant.Apply(req.filter, sel)
+	if err != nil {
+		return nil, errorf("forbidden", "%s", err.Error())
+	}
+	p := &prepared{
+		table: t,
+		sub:   &subscriptions.Sub{Table: t.Name, Filter: filter, Events: events},
+		cols:  cols,
+	}
+	if req.since != "" {
+		c, err := listener.ParseCursor(req.since)
+		if err != nil {
+			return nil, errorf("bad_request", "since: %q is not a cursor given by pgfeed", req.since)
+		}
+		p.since = &c
+	}
+	return p, nil
+}
+
+// writeError answers a plain HTTP request with the contract's error body.
+func writeError(w http.ResponseWriter, e *apiError) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(e.status())
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": e.code, "message": e.message})
+}
+
+// cors answers browsers from allowed origins.
+func (s *Server) cors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if origin := r.Header.Get("Origin"); origin != "" && s.originAllowed(origin) {
+			w.Header().Set("Access-Control-Allow-Origin", origin)
+			w.Header().Set("Vary", "Origin")
+			w.Header().Set("Access-Control-Allow-Headers", "Authorization, Last-Event-ID")
+			w.Header().Set("Access-Control-Allow-Methods", "GET, OPTIONS")
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) originAllowed(origin string) bool {
+	for _, o := range s.cfg.AllowedOrigins {
+		if o == "*" || strings.EqualFold(o, origin) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) servePreflight(w http.ResponseWriter, _ *http.Request) {
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
+	if _, started := s.hub.position(); !started {
+		writeError(w, errorf("unavailable", "the change stream has not started"))
+		return
+	}
+	if s.cfg.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if err := s.cfg.Ready(ctx); err != nil {
+			writeError(w, errorf("unavailable", "%s", err.Error()))
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+func (s *Server) serveMetrics(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	conns := len(s.conns)
+	s.mu.Unlock()
+	pos, _ := s.hub.position()
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	fmt.Fprintf(w, "# HELP pgfeed_connections Open streaming connections.\n# TYPE pgfeed_connections gauge\npgfeed_connections %d\n", conns)
+	fmt.Fprintf(w, "# HELP pgfeed_subscriptions Live subscriptions.\n# TYPE pgfeed_subscriptions gauge\npgfeed_subscriptions %d\n", s.hub.index.Len())
+	fmt.Fprintf(w, "# HELP pgfeed_deliveries_total Changes handed to connection queues.\n# TYPE pgfeed_deliveries_total counter\npgfeed_deliveries_total %d\n", s.hub.delivered.Load())
+	fmt.Fprintf(w, "# HELP pgfeed_slow_consumers_total Connections closed because they fell behind.\n# TYPE pgfeed_slow_consumers_total counter\npgfeed_slow_consumers_total %d\n", s.slow.Load())
+	fmt.Fprintf(w, "# HELP pgfeed_stream_tick The tick the stream has reached.\n# TYPE pgfeed_stream_tick gauge\npgfeed_stream_tick %d\n", pos.Tick)
+}

@@ -1,0 +1,161 @@
+package feed
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/pgfeed/pgfeed/listener"
+	"github.com/pgfeed/pgfeed/subscriptions"
+)
+
+// reserved query parameters: everything else is a filter condition.
+var reserved = []string{"events", "select", "since", "access_token", "wait"}
+
+// httpRequest reads a subscription from an SSE or long-poll URL.
+func httpRequest(r *http.Request) (request, *apiError) {
+	q := r.URL.Query()
+	filter, err := subscriptions.FilterFromQuery(q, reserved)
+	if err != nil {
+		return request{}, errorf("bad_request", "%s", err.Error())
+	}
+	req := request{table: r.PathValue("table"), filter: filter, sel: q.Get("select"), since: q.Get("since")}
+	if ev := q.Get("events"); ev != "" {
+		req.events = splitComma(ev)
+	}
+	return req, nil
+}
+
+func splitComma(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return out
+}
+
+// serveSSE streams one subscription as Server-Sent Events.
+func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
+	id, aerr := s.identify(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	req, aerr := httpRequest(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if last := r.Header.Get("Last-Event-ID"); last != "" {
+		req.since = last // a reconnecting EventSource resumes where it was
+	}
+	p, aerr := s.prepare(r.Context(), id, req)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, errorf("internal", "streaming is not supported by this connection"))
+		return
+	}
+	c := s.newClient(id)
+	if !s.track(c) {
+		writeError(w, errorf("unavailable", "server shutting down"))
+		return
+	}
+	defer s.untrack(c)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache, no-transform")
+	h.Set("Connection", "keep-alive")
+	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+	w.WriteHeader(http.StatusOK)
+	flusher.Flush()
+
+	sub := newSubscription(s.hub, "sse", c.q, p.sub, p.cols)
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		defer cancel()
+		s.sseWriter(ctx, w, flusher, r, c)
+	}()
+	err := s.hub.subscribe(ctx, sub, p.since, func(start listener.Cursor, expired bool) {
+		c.q.push(item{body: []byte(": subscribed " + start.String() + "\n\n")})
+		if expired {
+			c.q.push(item{body: []byte("event: reset\ndata: {\"reason\":\"cursor_expired\"}\n\n")})
+		}
+	})
+	if errors.Is(err, ErrCursorExpired) {
+		c.q.push(item{body: []byte("event: reset\ndata: {\"reason\":\"cursor_expired\"}\n\n")})
+	} else if err != nil && ctx.Err() == nil && !errors.Is(err, errQueueClosed) {
+		s.cfg.Logger.Error("subscribe", "table", p.table.Name, "err", err)
+		c.q.close("internal")
+	}
+	<-writerDone
+	s.hub.unsubscribe(sub)
+}
+
+// sseWriter writes queued events as SSE, with a heartbeat comment, each
+// write under a deadline.
+func (s *Server) sseWriter(ctx context.Context, w http.ResponseWriter, flusher http.Flusher, r *http.Request, c *client) {
+	rc := http.NewResponseController(w)
+	beat := time.NewTicker(s.cfg.Heartbeat)
+	defer beat.Stop()
+	var buf []item
+	write := func(parts ...[]byte) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		for _, p := range parts {
+			if _, err := w.Write(p); err != nil {
+				return false
+			}
+		}
+		return true
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-beat.C:
+			if !write([]byte(": ping\n\n")) {
+				return
+			}
+			flusher.Flush()
+			continue
+		case <-c.q.ready:
+		}
+		var reason string
+		buf, reason = c.q.take(buf)
+		for _, it := range buf {
+			ok := true
+			if it.change {
+				ok = write([]byte("id: "), []byte(it.cursor.String()), []byte("\nevent: change\ndata: "), it.body, []byte("\n\n"))
+			} else {
+				ok = write(it.body)
+			}
+			if !ok {
+				return
+			}
+		}
+		clear(buf)
+		flusher.Flush()
+		switch reason {
+		case "":
+		case "slow_consumer":
+			s.slow.Add(1)
+			write([]byte("event: error\ndata: {\"error\":\"slow_consumer\"}\n\n"))
+			flusher.Flush()
+			return
+		default:
+			return
+		}
+	}
+}

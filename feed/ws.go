@@ -1,0 +1,281 @@
+package feed
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/pgfeed/pgfeed/listener"
+	"github.com/pgfeed/pgfeed/subscriptions"
+)
+
+// wsMessage is any message a WebSocket client sends.
+type wsMessage struct {
+	Type   string          `json:"type"`
+	ID     json.RawMessage `json:"id"`
+	Table  string          `json:"table"`
+	Filter string          `json:"filter"`
+	Events []string        `json:"events"`
+	Select string          `json:"select"`
+	Since  string          `json:"since"`
+	Token  string          `json:"token"`
+}
+
+// serveWS runs one WebSocket connection. The handler's goroutine reads and
+// answers the client; one writer goroutine, which it waits for, drains the
+// connection's queue.
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	id, aerr := s.identify(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	opts := &websocket.AcceptOptions{OriginPatterns: s.origins}
+	if len(s.origins) == 1 && s.origins[0] == "*" {
+		opts = &websocket.AcceptOptions{InsecureSkipVerify: true}
+	}
+	conn, err := websocket.Accept(w, r, opts)
+	if err != nil {
+		return // Accept has answered the client
+	}
+	conn.SetReadLimit(-1) // enforced below, to answer too_large first
+	c := s.newClient(id)
+	if !s.track(c) {
+		_ = conn.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	}
+	defer s.untrack(c)
+
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		defer cancel() // the writer ending (slow client, shutdown) ends the reader
+		s.wsWriter(ctx, conn, c)
+	}()
+	s.wsReader(ctx, conn, c)
+	s.endAll(c)
+	c.q.close("closed")
+	<-writerDone
+	_ = conn.CloseNow()
+}
+
+// wsReader reads client messages until the connection ends.
+func (s *Server) wsReader(ctx context.Context, conn *websocket.Conn, c *client) {
+	limit := int64(s.cfg.MaxMessageBytes)
+	for {
+		typ, rd, err := conn.Reader(ctx)
+		if err != nil {
+			return
+		}
+		data, err := io.ReadAll(io.LimitReader(rd, limit+1))
+		if err != nil {
+			return
+		}
+		if int64(len(data)) > limit {
+			s.wsSend(c, map[string]any{"type": "error", "id": nil, "code": "too_large",
+				"message": "message larger than " + strconv.FormatInt(limit, 10) + " bytes"})
+			c.q.close("too_large")
+			return
+		}
+		if typ != websocket.MessageText {
+			s.wsError(c, nil, errorf("bad_request", "messages must be JSON text frames"))
+			continue
+		}
+		var m wsMessage
+		if err := json.Unmarshal(data, &m); err != nil {
+			s.wsError(c, nil, errorf("bad_request", "message is not valid JSON: %s", err.Error()))
+			continue
+		}
+		switch m.Type {
+		case "subscribe":
+			s.wsSubscribe(ctx, c, m)
+		case "unsubscribe":
+			s.wsUnsubscribe(c, m)
+		case "ping":
+			s.wsSend(c, map[string]any{"type": "pong"})
+		case "auth":
+			s.wsError(c, nil, errorf("unauthorized", "token authentication is not available in this version of pgfeed"))
+		case "":
+			s.wsError(c, m.ID, errorf("bad_request", "message has no type"))
+		default:
+			s.wsError(c, m.ID, errorf("bad_request", "unknown message type %q", m.Type))
+		}
+	}
+}
+
+// subID reads a subscription id: a non-empty JSON string.
+func subID(raw json.RawMessage) (string, bool) {
+	var id string
+	if json.Unmarshal(raw, &id) != nil || id == "" || len(id) > 256 {
+		return "", false
+	}
+	return id, true
+}
+
+func (s *Server) wsSubscribe(ctx context.Context, c *client, m wsMessage) {
+	id, ok := subID(m.ID)
+	if !ok {
+		s.wsError(c, m.ID, errorf("bad_request", "subscribe needs an id: a non-empty string"))
+		return
+	}
+	filter, err := subscriptions.ParseFilter(m.Filter)
+	if err != nil {
+		s.wsError(c, m.ID, errorf("bad_request", "%s", err.Error()))
+		return
+	}
+	p, aerr := s.prepare(ctx, c.id, request{table: m.Table, filter: filter, events: m.Events, sel: m.Select, since: m.Since})
+	if aerr != nil {
+		s.wsError(c, m.ID, aerr)
+		return
+	}
+	c.mu.Lock()
+	if _, dup := c.subs[id]; dup {
+		c.mu.Unlock()
+		s.wsError(c, m.ID, errorf("bad_request", "subscription %q exists already", id))
+		return
+	}
+	if len(c.subs) >= s.cfg.MaxSubscriptions {
+		c.mu.Unlock()
+		s.wsError(c, m.ID, errorf("rate_limited", "at most %d subscriptions per connection", s.cfg.MaxSubscriptions))
+		return
+	}
+	sub := newSubscription(s.hub, id, c.q, p.sub, p.cols)
+	c.subs[id] = sub
+	c.mu.Unlock()
+
+	err = s.hub.subscribe(ctx, sub, p.since, func(start listener.Cursor, expired bool) {
+		s.wsSend(c, map[string]any{"type": "subscribed", "id": id, "cursor": start.String()})
+		if expired {
+			s.wsSend(c, map[string]any{"type": "reset", "sub": id, "reason": "cursor_expired"})
+		}
+	})
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrCursorExpired):
+		s.wsSend(c, map[string]any{"type": "reset", "sub": id, "reason": "cursor_expired"})
+	default:
+		c.mu.Lock()
+		delete(c.subs, id)
+		c.mu.Unlock()
+		s.hub.unsubscribe(sub)
+		if ctx.Err() == nil && !errors.Is(err, errQueueClosed) {
+			s.cfg.Logger.Error("subscribe", "table", p.table.Name, "err", err)
+			s.wsError(c, m.ID, errorf("internal", "could not start the subscription"))
+		}
+	}
+}
+
+func (s *Server) wsUnsubscribe(c *client, m wsMessage) {
+	id, ok := subID(m.ID)
+	if !ok {
+		s.wsError(c, m.ID, errorf("bad_request", "unsubscribe needs the id of a subscription"))
+		return
+	}
+	c.mu.Lock()
+	sub, found := c.subs[id]
+	delete(c.subs, id)
+	c.mu.Unlock()
+	if !found {
+		s.wsError(c, m.ID, errorf("not_found", "no subscription %q", id))
+		return
+	}
+	s.hub.unsubscribe(sub)
+}
+
+// wsSend queues a control message.
+func (s *Server) wsSend(c *client, msg map[string]any) {
+	b, err := json.Marshal(msg)
+	if err != nil {
+		return
+	}
+	c.q.push(item{body: b})
+}
+
+func (s *Server) wsError(c *client, id json.RawMessage, e *apiError) {
+	var idv any
+	if sid, ok := subID(id); ok {
+		idv = sid
+	}
+	s.wsSend(c, map[string]any{"type": "error", "id": idv, "code": e.code, "message": e.message})
+}
+
+// wsWriter drains the queue onto the socket, every write under a deadline,
+// and pings the client; it closes the socket when the queue closes.
+func (s *Server) wsWriter(ctx context.Context, conn *websocket.Conn, c *client) {
+	ping := time.NewTicker(s.cfg.Heartbeat)
+	defer ping.Stop()
+	var buf []item
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ping.C:
+			pctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+			err := conn.Ping(pctx)
+			cancel()
+			if err != nil {
+				return
+			}
+			continue
+		case <-c.q.ready:
+		}
+		var reason string
+		buf, reason = c.q.take(buf)
+		for _, it := range buf {
+			if err := s.wsWrite(ctx, conn, it); err != nil {
+				return
+			}
+		}
+		clear(buf)
+		switch reason {
+		case "":
+		case "slow_consumer":
+			s.slow.Add(1)
+			s.cfg.Logger.Info("closing slow WebSocket client")
+			_ = conn.Close(websocket.StatusTryAgainLater, "slow_consumer")
+			return
+		case "too_large":
+			_ = conn.Close(websocket.StatusMessageTooBig, "too_large")
+			return
+		case "going_away":
+			_ = conn.Close(websocket.StatusGoingAway, "server shutting down")
+			return
+		default:
+			return
+		}
+	}
+}
+
+var changePrefix = []byte(`{"type":"change","sub":`)
+
+func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, it item) error {
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+	defer cancel()
+	if !it.change {
+		return conn.Write(wctx, websocket.MessageText, it.body)
+	}
+	// {"type":"change","sub":"s1", + the shared event without its "{".
+	wr, err := conn.Writer(wctx, websocket.MessageText)
+	if err != nil {
+		return err
+	}
+	head := make([]byte, 0, len(changePrefix)+len(it.sub)+3)
+	head = append(head, changePrefix...)
+	head = strconv.AppendQuote(head, it.sub)
+	head = append(head, ',')
+	if _, err := wr.Write(head); err != nil {
+		return err
+	}
+	if _, err := wr.Write(it.body[1:]); err != nil {
+		return err
+	}
+	return wr.Close()
+}
