@@ -1,0 +1,405 @@
+package feed_test
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/pgfeed/pgfeed/feed"
+	"github.com/pgfeed/pgfeed/internal/pgtest"
+	"github.com/pgfeed/pgfeed/listener"
+	"github.com/pgfeed/pgfeed/migrations"
+	"github.com/pgfeed/pgfeed/subscriptions"
+	"github.com/pgfeed/pgfeed/triggers"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// catalog adapts triggers.Catalog as cmd/pgfeed does.
+type catalog struct{ c *triggers.Catalog }
+
+func (c catalog) Table(ctx context.Context, name string) (*subscriptions.Table, error) {
+	t, err := c.c.Table(ctx, name)
+	if errors.Is(err, triggers.ErrNotCaptured) {
+		return nil, fmt.Errorf("%w: %w", feed.ErrUnknownTable, err)
+	}
+	return t, err
+}
+
+// env is a database with captured tables and pgfeed nodes serving it.
+type env struct {
+	t    *testing.T
+	url  string
+	db   *pgx.Conn
+	pool *pgxpool.Pool
+}
+
+const schema = `
+CREATE TABLE orders (id int PRIMARY KEY, status text, total numeric, user_id text, deleted_at timestamptz);
+CREATE TABLE secret (id int PRIMARY KEY, v text);
+CREATE TABLE typed (
+	id int PRIMARY KEY, big bigint, num numeric, txt text, flag boolean, at timestamptz,
+	doc jsonb, uid uuid, nums int[], nothing text);
+`
+
+// newEnv creates a database with pgfeed's schema and the test tables, all
+// captured.
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	url := pgtest.NewDB(t)
+	sqldb, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrations.Up(ctx, sqldb); err != nil {
+		t.Fatal(err)
+	}
+	sqldb.Close()
+	e := &env{t: t, url: url, db: pgtest.Connect(t, url)}
+	e.exec(schema)
+	if _, err := triggers.Enable(ctx, e.db, "orders", "secret", "typed"); err != nil {
+		t.Fatal(err)
+	}
+	e.pool, err = pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.pool.Close)
+	return e
+}
+
+func (e *env) exec(sql string, args ...any) {
+	e.t.Helper()
+	if _, err := e.db.Exec(context.Background(), sql, args...); err != nil {
+		e.t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// node is one running pgfeed: a listener and a feed server.
+type node struct {
+	addr   string
+	srv    *feed.Server
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// defaultPolicies: orders and typed readable by anon; secret has none.
+var defaultPolicies = []subscriptions.Policy{
+	{Table: "public.orders", Roles: []string{"anon"}},
+	{Table: "public.typed", Roles: []string{"anon"}},
+}
+
+// startNode runs a pgfeed node on e's database until the test ends (or
+// stop is called). cfg's zero fields get test defaults.
+func (e *env) startNode(cfg feed.Config) *node {
+	t := e.t
+	t.Helper()
+	if cfg.Policies == nil {
+		p, err := subscriptions.CompilePolicies(defaultPolicies)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Policies = p
+	}
+	cfg.Anonymous = true
+	cfg.Catalog = catalog{triggers.NewCatalog(e.pool, time.Millisecond)}
+	if cfg.Store == nil {
+		cfg.Store = listener.Log{DB: e.pool}
+	}
+	srv, err := feed.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connCfg, err := pgx.ParseConfig(e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connCfg.RuntimeParams["application_name"] = "pgfeed-listener"
+	src := listener.New(listener.Config{
+		Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, connCfg.Copy()) },
+		Poll:    200 * time.Millisecond,
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &node{addr: l.Addr().String(), srv: srv, cancel: cancel, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := src.Run(ctx, srv.Emit); err != nil {
+			t.Errorf("listener: %v", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ctx, l); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	go func() { wg.Wait(); close(n.done) }()
+	select {
+	case <-src.Ready():
+		srv.Start(src.Position())
+	case <-time.After(30 * time.Second):
+		t.Fatal("listener not ready")
+	}
+	t.Cleanup(n.stop)
+	return n
+}
+
+func (n *node) stop() {
+	n.cancel()
+	<-n.done
+}
+
+// wsClient is a test WebSocket client that reads in the background.
+type wsClient struct {
+	t    *testing.T
+	conn *websocket.Conn
+	msgs chan map[string]any
+	raw  chan []byte
+	errc chan error // the read error that ended the connection
+}
+
+func (n *node) dial(t *testing.T, query string) *wsClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, "ws://"+n.addr+"/v1/ws"+query, nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	conn.SetReadLimit(8 << 20)
+	c := &wsClient{t: t, conn: conn, msgs: make(chan map[string]any, 100000), raw: make(chan []byte, 100000), errc: make(chan error, 1)}
+	go func() {
+		for {
+			_, data, err := conn.Read(context.Background())
+			if err != nil {
+				c.errc <- err
+				close(c.msgs)
+				return
+			}
+			var m map[string]any
+			d := json.NewDecoder(strings.NewReader(string(data)))
+			d.UseNumber()
+			if err := d.Decode(&m); err != nil {
+				t.Errorf("server sent invalid JSON %q: %v", data, err)
+			}
+			c.raw <- data
+			c.msgs <- m
+		}
+	}()
+	t.Cleanup(func() { _ = conn.CloseNow() })
+	return c
+}
+
+func (c *wsClient) send(v any) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := json.Marshal(v)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := c.conn.Write(ctx, websocket.MessageText, b); err != nil {
+		c.t.Fatalf("send: %v", err)
+	}
+}
+
+// next returns the next message, failing after d.
+func (c *wsClient) next(d time.Duration) map[string]any {
+	c.t.Helper()
+	select {
+	case m, ok := <-c.msgs:
+		if !ok {
+			c.t.Fatalf("connection closed: %v", <-c.errc)
+		}
+		<-c.raw
+		return m
+	case <-time.After(d):
+		c.t.Fatalf("no message within %v", d)
+	}
+	return nil
+}
+
+// nextRaw returns the next message's bytes.
+func (c *wsClient) nextRaw(d time.Duration) []byte {
+	c.t.Helper()
+	select {
+	case m, ok := <-c.msgs:
+		if !ok {
+			c.t.Fatalf("connection closed: %v", <-c.errc)
+		}
+		_ = m
+		return <-c.raw
+	case <-time.After(d):
+		c.t.Fatalf("no message within %v", d)
+	}
+	return nil
+}
+
+// subscribe sends a subscribe and waits for "subscribed", returning its
+// cursor. Changes of other subscriptions that arrive first fail the test.
+func (c *wsClient) subscribe(msg map[string]any) string {
+	c.t.Helper()
+	msg["type"] = "subscribe"
+	c.send(msg)
+	m := c.next(10 * time.Second)
+	if m["type"] != "subscribed" || m["id"] != msg["id"] {
+		c.t.Fatalf("subscribe %v: got %v", msg, m)
+	}
+	return m["cursor"].(string)
+}
+
+// changes reads n change messages.
+func (c *wsClient) changes(n int, d time.Duration) []map[string]any {
+	c.t.Helper()
+	out := make([]map[string]any, 0, n)
+	deadline := time.After(d)
+	for len(out) < n {
+		select {
+		case m, ok := <-c.msgs:
+			if !ok {
+				c.t.Fatalf("connection closed after %d of %d changes: %v", len(out), n, <-c.errc)
+			}
+			<-c.raw
+			if m["type"] != "change" {
+				c.t.Fatalf("after %d changes, got %v", len(out), m)
+			}
+			out = append(out, m)
+		case <-deadline:
+			c.t.Fatalf("got %d of %d changes within %v", len(out), n, d)
+		}
+	}
+	return out
+}
+
+// quiet checks no message is waiting after a marker change: it writes a
+// marker row and expects it to be the next message for sub.
+func (c *wsClient) expectNext(sub string, op string, id int) map[string]any {
+	c.t.Helper()
+	m := c.next(10 * time.Second)
+	if m["type"] != "change" || m["sub"] != sub || m["op"] != op || keyID(m) != id {
+		c.t.Fatalf("want %s change of row %d for %s, got %v", op, id, sub, m)
+	}
+	return m
+}
+
+// keyID is the "id" of a change's key, or -1.
+func keyID(m map[string]any) int {
+	k, ok := m["key"].(map[string]any)
+	if !ok {
+		return -1
+	}
+	n, ok := k["id"].(json.Number)
+	if !ok {
+		return -1
+	}
+	i, _ := n.Int64()
+	return int(i)
+}
+
+// sseStream reads Server-Sent Events.
+type sseEvent struct {
+	id, event, data string
+}
+
+type sseStream struct {
+	t      *testing.T
+	resp   *http.Response
+	events chan sseEvent
+	cancel context.CancelFunc
+}
+
+func (n *node) sse(t *testing.T, path string, header http.Header) (*sseStream, *http.Response) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+n.addr+path, nil)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		cancel()
+		return nil, resp
+	}
+	s := &sseStream{t: t, resp: resp, events: make(chan sseEvent, 100000), cancel: cancel}
+	go func() {
+		defer close(s.events)
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 1<<20), 8<<20)
+		var ev sseEvent
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == "":
+				if ev.event != "" || ev.data != "" {
+					s.events <- ev
+				}
+				ev = sseEvent{}
+			case strings.HasPrefix(line, ":"):
+			case strings.HasPrefix(line, "id: "):
+				ev.id = line[4:]
+			case strings.HasPrefix(line, "event: "):
+				ev.event = line[7:]
+			case strings.HasPrefix(line, "data: "):
+				ev.data = line[6:]
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); resp.Body.Close() })
+	return s, resp
+}
+
+func (s *sseStream) next(d time.Duration) sseEvent {
+	s.t.Helper()
+	select {
+	case ev, ok := <-s.events:
+		if !ok {
+			s.t.Fatal("SSE stream ended")
+		}
+		return ev
+	case <-time.After(d):
+		s.t.Fatalf("no SSE event within %v", d)
+	}
+	return sseEvent{}
+}
+
+// poll makes one long-poll request.
+func (n *node) poll(t *testing.T, path string) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.Get("http://" + n.addr + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	d := json.NewDecoder(resp.Body)
+	d.UseNumber()
+	if err := d.Decode(&body); err != nil {
+		t.Fatalf("poll %s: %v", path, err)
+	}
+	return resp.StatusCode, body
+}
