@@ -332,5 +332,3 @@ func TestShutdownGoesAway(t *testing.T) {
 		t.Errorf("close on shutdown: %v, want 1001", err)
 	}
 }
-
-
