@@ -60,8 +60,13 @@ CREATE TABLE typed (
 // captured.
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvAt(t, pgtest.NewDB(t))
+}
+
+// newEnvAt is newEnv on the database at url.
+func newEnvAt(t *testing.T, url string) *env {
+	t.Helper()
 	ctx := context.Background()
-	url := pgtest.NewDB(t)
 	sqldb, err := sql.Open("pgx", url)
 	if err != nil {
 		t.Fatal(err)

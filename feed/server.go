@@ -55,8 +55,11 @@ type Config struct {
 	// replay. Zero: 100,000.
 	History int
 	// QueueMessages and QueueBytes bound each connection's outgoing queue;
-	// a client that lets it fill up is disconnected as a slow consumer.
-	// Zero: 4,096 messages and 16 MiB.
+	// a client that lets it fill up is disconnected as a slow consumer. A
+	// transaction's matching changes are queued at once, so the bounds must
+	// hold the largest transaction a client is expected to take live (a
+	// client cut off by a larger one resumes with its cursor: replays are
+	// paced by the client). Zero: 65,536 messages and 32 MiB.
 	QueueMessages int
 	QueueBytes    int
 	// MaxMessageBytes is the largest WebSocket message a client may send.
@@ -78,10 +81,10 @@ func (c *Config) defaults() {
 		c.History = 100_000
 	}
 	if c.QueueMessages == 0 {
-		c.QueueMessages = 4096
+		c.QueueMessages = 65536
 	}
 	if c.QueueBytes == 0 {
-		c.QueueBytes = 16 << 20
+		c.QueueBytes = 32 << 20
 	}
 	if c.MaxMessageBytes == 0 {
 		c.MaxMessageBytes = 64 << 10

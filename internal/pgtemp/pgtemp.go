@@ -39,14 +39,24 @@ type Options struct {
 
 // Server is a running throwaway PostgreSQL server.
 type Server struct {
-	dir  string // temporary directory: data/, the socket, the log
-	port int
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the postgres process has exited
-	werr error         // the process's exit status; read only after done is closed
+	dir      string // temporary directory: data/, the socket, the log
+	port     int
+	binDir   string
+	cred     *syscall.Credential
+	settings map[string]string
+
+	mu   sync.Mutex
+	proc *process // guarded by mu: the running postgres
 
 	stopOnce sync.Once
 	stopErr  error
+}
+
+// process is one run of the postgres binary.
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when it has exited
+	err  error         // its exit status; read only after done is closed
 }
 
 // defaultSettings favour speed and logical decoding; durability is not a goal.
@@ -161,12 +171,22 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 var errPortInUse = errors.New("port in use")
 
 func launch(ctx context.Context, binDir, dir string, port int, cred *syscall.Credential, extra map[string]string, timeout time.Duration) (*Server, error) {
-	args := []string{"-D", filepath.Join(dir, "data"), "-p", strconv.Itoa(port), "-k", dir}
-	settings := make(map[string]string, len(defaultSettings)+len(extra))
+	s := &Server{dir: dir, port: port, binDir: binDir, cred: cred, settings: extra}
+	if err := s.startProcess(ctx, timeout); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// startProcess starts postgres on s's directory and port and waits until it
+// accepts connections.
+func (s *Server) startProcess(ctx context.Context, timeout time.Duration) error {
+	args := []string{"-D", filepath.Join(s.dir, "data"), "-p", strconv.Itoa(s.port), "-k", s.dir}
+	settings := make(map[string]string, len(defaultSettings)+len(s.settings))
 	for k, v := range defaultSettings {
 		settings[k] = v
 	}
-	for k, v := range extra {
+	for k, v := range s.settings {
 		settings[k] = v
 	}
 	names := make([]string, 0, len(settings))
@@ -177,52 +197,56 @@ func launch(ctx context.Context, binDir, dir string, port int, cred *syscall.Cre
 	for _, k := range names {
 		args = append(args, "-c", k+"="+settings[k])
 	}
-	logPath := filepath.Join(dir, "postgres.log")
-	logFile, err := os.Create(logPath)
+	logPath := filepath.Join(s.dir, "postgres.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("create server log: %w", err)
+		return fmt.Errorf("create server log: %w", err)
 	}
 	defer logFile.Close()
-	if cred != nil {
-		if err := logFile.Chown(int(cred.Uid), int(cred.Gid)); err != nil {
-			return nil, fmt.Errorf("hand the server log to the postgres user: %w", err)
+	if s.cred != nil {
+		if err := logFile.Chown(int(s.cred.Uid), int(s.cred.Gid)); err != nil {
+			return fmt.Errorf("hand the server log to the postgres user: %w", err)
 		}
 	}
 	// Not CommandContext: the server must outlive the start-up context;
 	// Stop owns its end.
-	cmd := exec.Command(filepath.Join(binDir, "postgres"), args...)
-	cmd.Dir = dir
+	cmd := exec.Command(filepath.Join(s.binDir, "postgres"), args...)
+	cmd.Dir = s.dir
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential: cred,
+		Credential: s.cred,
 		Setpgid:    true,
 		// If the Go process dies, postgres gets SIGQUIT (immediate shutdown).
 		Pdeathsig: syscall.SIGQUIT,
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start postgres: %w", err)
+		return fmt.Errorf("start postgres: %w", err)
 	}
-	s := &Server{dir: dir, port: port, cmd: cmd, done: make(chan struct{})}
+	p := &process{cmd: cmd, done: make(chan struct{})}
 	go func() {
-		s.werr = cmd.Wait()
-		close(s.done)
+		p.err = cmd.Wait()
+		close(p.done)
 	}()
+	s.mu.Lock()
+	s.proc = p
+	s.mu.Unlock()
 
 	waitCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := s.waitReady(waitCtx); err != nil {
-		_ = s.Stop()
+	if err := s.waitReady(waitCtx, p); err != nil {
+		stop(p)
 		logText, _ := os.ReadFile(logPath)
 		if bytes.Contains(logText, []byte("could not bind")) || bytes.Contains(logText, []byte("Address already in use")) {
-			return nil, fmt.Errorf("start postgres on port %d: %w", port, errPortInUse)
+			_ = os.RemoveAll(filepath.Join(s.dir, "postgres.log"))
+			return fmt.Errorf("start postgres on port %d: %w", s.port, errPortInUse)
 		}
-		return nil, fmt.Errorf("start postgres: %w; server log:\n%s", err, lastLines(string(logText), 20))
+		return fmt.Errorf("start postgres: %w; server log:\n%s", err, lastLines(string(logText), 20))
 	}
-	return s, nil
+	return nil
 }
 
-func (s *Server) waitReady(ctx context.Context) error {
+func (s *Server) waitReady(ctx context.Context, p *process) error {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -231,8 +255,8 @@ func (s *Server) waitReady(ctx context.Context) error {
 			return conn.Close(ctx)
 		}
 		select {
-		case <-s.done:
-			return fmt.Errorf("postgres exited during start-up: %v", s.werr)
+		case <-p.done:
+			return fmt.Errorf("postgres exited during start-up: %v", p.err)
 		case <-ctx.Done():
 			return fmt.Errorf("postgres not accepting connections: %w (last error: %v)", ctx.Err(), err)
 		case <-tick.C:
@@ -263,22 +287,44 @@ func (s *Server) SocketDir() string { return s.dir }
 // removes its directory. It is safe to call more than once.
 func (s *Server) Stop() error {
 	s.stopOnce.Do(func() {
-		select {
-		case <-s.done:
-		default:
-			_ = s.cmd.Process.Signal(syscall.SIGINT)
-			select {
-			case <-s.done:
-			case <-time.After(10 * time.Second):
-				_ = s.cmd.Process.Signal(syscall.SIGQUIT)
-				<-s.done
-			}
+		s.mu.Lock()
+		p := s.proc
+		s.mu.Unlock()
+		if p != nil {
+			stop(p)
 		}
 		if err := os.RemoveAll(s.dir); err != nil {
 			s.stopErr = fmt.Errorf("remove %s: %w", s.dir, err)
 		}
 	})
 	return s.stopErr
+}
+
+// Restart stops postgres (fast shutdown: connections are terminated) and
+// starts it again on the same port and data, for tests of reconnection.
+func (s *Server) Restart(ctx context.Context) error {
+	s.mu.Lock()
+	p := s.proc
+	s.mu.Unlock()
+	stop(p)
+	return s.startProcess(ctx, 60*time.Second)
+}
+
+// stop asks p for a fast shutdown, then an immediate one after 10 s, and
+// waits for it to exit.
+func stop(p *process) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+		<-p.done
+	}
 }
 
 // serverCredential returns the credential postgres must run under: nil when
