@@ -192,6 +192,13 @@ func (e *event) json(p projection) []byte {
 	return b
 }
 
+// size approximates the memory an event holds: the parsed rows, the
+// decoded rows used for matching (about as much again) and an encoding or
+// two.
+func (e *event) size() int {
+	return 4*(len(e.key)+rowSize(e.new)+rowSize(e.old)) + 256
+}
+
 func rowSize(fs fields) int {
 	n := 4
 	for _, f := range fs {

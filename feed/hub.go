@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"sync"
 	"sync/atomic"
 
@@ -36,6 +37,7 @@ type hub struct {
 	store Store
 
 	histMax      int // events kept in memory for instant replay
+	histMaxBytes int // and their approximate size
 	pendingMax   int // events a replaying subscription may buffer
 	replayFromDB bool
 
@@ -45,17 +47,18 @@ type hub struct {
 	mu       sync.Mutex
 	pos      listener.Cursor // guarded by mu: the position after the last dispatched batch
 	started  bool            // guarded by mu: pos is known
-	hist     []*event        // guarded by mu: recent events, oldest first (a ring)
-	histHead int             // guarded by mu: index of the oldest event in hist once full
+	hist      []*event // guarded by mu: hist[histHead:] are the recent events, oldest first
+	histHead  int      // guarded by mu
+	histBytes int      // guarded by mu: approximate size of the recent events
 	histFrom listener.Cursor // guarded by mu: every event after this is in hist
 
 	delivered atomic.Int64 // changes handed to queues
 }
 
-func newHub(log *slog.Logger, store Store, histMax, pendingMax int) *hub {
+func newHub(log *slog.Logger, store Store, histMax, histMaxBytes, pendingMax int) *hub {
 	return &hub{
 		log: log, index: subscriptions.NewIndex(), store: store,
-		histMax: histMax, pendingMax: pendingMax, replayFromDB: store != nil,
+		histMax: histMax, histMaxBytes: histMaxBytes, pendingMax: pendingMax, replayFromDB: store != nil,
 	}
 }
 
@@ -105,34 +108,32 @@ func (h *hub) dispatch(b listener.Batch) error {
 	return nil
 }
 
-// remember appends e to the history ring. Caller holds h.mu.
+// remember appends e to the history, dropping the oldest events beyond the
+// count and size budgets. Caller holds h.mu.
 func (h *hub) remember(e *event) {
-	if h.histMax <= 0 {
-		h.histFrom = e.cursor
-		return
+	h.hist = append(h.hist, e)
+	h.histBytes += e.size()
+	for n := len(h.hist) - h.histHead; n > 0 && (n > h.histMax || h.histBytes > h.histMaxBytes); n-- {
+		old := h.hist[h.histHead]
+		h.hist[h.histHead] = nil
+		h.histHead++
+		h.histBytes -= old.size()
+		h.histFrom = old.cursor
 	}
-	if len(h.hist) < h.histMax {
-		h.hist = append(h.hist, e)
-		return
+	if h.histHead > 1024 && h.histHead > len(h.hist)/2 {
+		n := copy(h.hist, h.hist[h.histHead:])
+		clear(h.hist[n:])
+		h.hist = h.hist[:n]
+		h.histHead = 0
 	}
-	old := h.hist[h.histHead]
-	h.hist[h.histHead] = e
-	h.histHead = (h.histHead + 1) % len(h.hist)
-	h.histFrom = old.cursor
 }
 
 // historyAfter returns the remembered events after c, oldest first. Caller
 // holds h.mu and has checked that c is not before histFrom.
 func (h *hub) historyAfter(c listener.Cursor) []*event {
-	var out []*event
-	n := len(h.hist)
-	for i := range n {
-		e := h.hist[(h.histHead+i)%n]
-		if c.Less(e.cursor) {
-			out = append(out, e)
-		}
-	}
-	return out
+	recent := h.hist[h.histHead:]
+	i := sort.Search(len(recent), func(i int) bool { return c.Less(recent[i].cursor) })
+	return append([]*event(nil), recent[i:]...)
 }
 
 // subscribe registers s and starts it: from now when since is nil, or

@@ -52,8 +52,10 @@ type Config struct {
 	Logger *slog.Logger
 
 	// History is how many recent changes are kept in memory for instant
-	// replay. Zero: 100,000.
-	History int
+	// replay, and HistoryBytes about how much memory they may take; older
+	// ones are replayed from the Store. Zero: 100,000 changes, 128 MiB.
+	History      int
+	HistoryBytes int
 	// QueueMessages and QueueBytes bound each connection's outgoing queue;
 	// a client that lets it fill up is disconnected as a slow consumer. A
 	// transaction's matching changes are queued at once, so the bounds must
@@ -79,6 +81,9 @@ func (c *Config) defaults() {
 	}
 	if c.History == 0 {
 		c.History = 100_000
+	}
+	if c.HistoryBytes == 0 {
+		c.HistoryBytes = 128 << 20
 	}
 	if c.QueueMessages == 0 {
 		c.QueueMessages = 65536
@@ -126,7 +131,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:     cfg,
-		hub:     newHub(cfg.Logger, cfg.Store, cfg.History, cfg.QueueMessages),
+		hub:     newHub(cfg.Logger, cfg.Store, cfg.History, cfg.HistoryBytes, cfg.QueueMessages),
 		mux:     http.NewServeMux(),
 		closing: make(chan struct{}),
 		conns:   make(map[*client]struct{}),
