@@ -5,8 +5,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -29,17 +27,6 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-// catalog adapts triggers.Catalog as cmd/pgfeed does.
-type catalog struct{ c *triggers.Catalog }
-
-func (c catalog) Table(ctx context.Context, name string) (*subscriptions.Table, error) {
-	t, err := c.c.Table(ctx, name)
-	if errors.Is(err, triggers.ErrNotCaptured) {
-		return nil, fmt.Errorf("%w: %w", feed.ErrUnknownTable, err)
-	}
-	return t, err
-}
-
 // env is a database with captured tables and pgfeed nodes serving it.
 type env struct {
 	t    *testing.T
@@ -60,7 +47,7 @@ CREATE TABLE typed (
 // captured.
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	return newEnvAt(t, pgtest.NewDB(t))
+	return newEnvAt(t, pgtest.NewMigratedDB(t))
 }
 
 // newEnvAt is newEnv on the database at url.
@@ -71,10 +58,10 @@ func newEnvAt(t *testing.T, url string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := migrations.Up(ctx, sqldb); err != nil {
+	defer sqldb.Close()
+	if _, err := migrations.Up(ctx, sqldb); err != nil { // a no-op when migrated
 		t.Fatal(err)
 	}
-	sqldb.Close()
 	e := &env{t: t, url: url, db: pgtest.Connect(t, url)}
 	e.exec(schema)
 	if _, err := triggers.Enable(ctx, e.db, "orders", "secret", "typed"); err != nil {
@@ -122,7 +109,7 @@ func (e *env) startNode(cfg feed.Config) *node {
 		cfg.Policies = p
 	}
 	cfg.Anonymous = true
-	cfg.Catalog = catalog{triggers.NewCatalog(e.pool, time.Millisecond)}
+	cfg.Catalog = triggers.NewCatalog(e.pool, time.Millisecond)
 	if cfg.Store == nil {
 		cfg.Store = listener.Log{DB: e.pool}
 	}

@@ -16,16 +16,6 @@ const maxPollChanges = 1000
 // servePoll answers a long poll: the changes after since (or from now) as
 // soon as there is at least one, or none when wait passes.
 func (s *Server) servePoll(w http.ResponseWriter, r *http.Request) {
-	id, aerr := s.identify(r)
-	if aerr != nil {
-		writeError(w, aerr)
-		return
-	}
-	req, aerr := httpRequest(r)
-	if aerr != nil {
-		writeError(w, aerr)
-		return
-	}
 	wait := 30 * time.Second
 	if ws := r.URL.Query().Get("wait"); ws != "" {
 		d, err := time.ParseDuration(ws)
@@ -35,9 +25,8 @@ func (s *Server) servePoll(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = d
 	}
-	p, aerr := s.prepare(r.Context(), id, req)
-	if aerr != nil {
-		writeError(w, aerr)
+	p, id, ok := s.prepareHTTP(w, r, nil)
+	if !ok {
 		return
 	}
 	c := s.newClient(id)

@@ -18,15 +18,12 @@ import (
 	"github.com/pgfeed/pgfeed/subscriptions"
 )
 
-// Catalog describes captured tables. A table that is not captured (or does
-// not exist) gives an error wrapping ErrUnknownTable.
+// Catalog describes captured tables (triggers.Catalog is one). A table
+// that is not captured (or does not exist) gives an error wrapping
+// subscriptions.ErrUnknownTable.
 type Catalog interface {
 	Table(ctx context.Context, name string) (*subscriptions.Table, error)
 }
-
-// ErrUnknownTable is wrapped by Catalog errors for tables pgfeed does not
-// capture.
-var ErrUnknownTable = errors.New("table not captured")
 
 // Config configures a Server. Zero values mean the documented defaults.
 type Config struct {
@@ -353,7 +350,7 @@ func (s *Server) prepare(ctx context.Context, id subscriptions.Identity, req req
 	}
 	name := qualify(req.table)
 	t, err := s.cfg.Catalog.Table(ctx, name)
-	if errors.Is(err, ErrUnknownTable) {
+	if errors.Is(err, subscriptions.ErrUnknownTable) {
 		return nil, errorf("not_found", "table %s is not captured by pgfeed", name)
 	}
 	if err != nil {

@@ -39,24 +39,38 @@ func splitComma(s string) []string {
 	return out
 }
 
-// serveSSE streams one subscription as Server-Sent Events.
-func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
+// prepareHTTP reads, authorizes and checks the subscription of an SSE or
+// long-poll request; on failure it has answered with the error.
+func (s *Server) prepareHTTP(w http.ResponseWriter, r *http.Request, adjust func(*request)) (*prepared, subscriptions.Identity, bool) {
 	id, aerr := s.identify(r)
 	if aerr != nil {
 		writeError(w, aerr)
-		return
+		return nil, id, false
 	}
 	req, aerr := httpRequest(r)
 	if aerr != nil {
 		writeError(w, aerr)
-		return
+		return nil, id, false
 	}
-	if last := r.Header.Get("Last-Event-ID"); last != "" {
-		req.since = last // a reconnecting EventSource resumes where it was
+	if adjust != nil {
+		adjust(&req)
 	}
 	p, aerr := s.prepare(r.Context(), id, req)
 	if aerr != nil {
 		writeError(w, aerr)
+		return nil, id, false
+	}
+	return p, id, true
+}
+
+// serveSSE streams one subscription as Server-Sent Events.
+func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
+	p, id, ok := s.prepareHTTP(w, r, func(req *request) {
+		if last := r.Header.Get("Last-Event-ID"); last != "" {
+			req.since = last // a reconnecting EventSource resumes where it was
+		}
+	})
+	if !ok {
 		return
 	}
 	flusher, ok := w.(http.Flusher)

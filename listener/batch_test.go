@@ -2,7 +2,6 @@ package listener_test
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
@@ -16,25 +15,12 @@ import (
 
 	"github.com/pgfeed/pgfeed/internal/pgtest"
 	"github.com/pgfeed/pgfeed/listener"
-	"github.com/pgfeed/pgfeed/migrations"
 	"github.com/pgfeed/pgfeed/triggers"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-func migratedDB(t *testing.T) string {
-	t.Helper()
-	url := pgtest.NewDB(t)
-	db, err := sql.Open("pgx", url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := migrations.Up(context.Background(), db); err != nil {
-		t.Fatal(err)
-	}
-	return url
-}
+func migratedDB(t *testing.T) string { return pgtest.NewMigratedDB(t) }
 
 func TestCursorRoundTrip(t *testing.T) {
 	for _, c := range []listener.Cursor{{Tick: 1}, {Tick: 42, Pos: 7}, {Tick: 1 << 40, Pos: 1 << 20}} {

@@ -1,6 +1,7 @@
 package subscriptions
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -15,6 +16,10 @@ type Column struct {
 	// which is how to_jsonb renders them.
 	Type string
 }
+
+// ErrUnknownTable is wrapped by errors about a table that does not exist or
+// is not captured.
+var ErrUnknownTable = errors.New("table not captured")
 
 // Table describes a captured table, as the caller read it from the catalog.
 type Table struct {

@@ -13,10 +13,6 @@ import (
 	"github.com/pgfeed/pgfeed/subscriptions"
 )
 
-// ErrNotCaptured means a table does not exist or capture is not enabled on
-// it.
-var ErrNotCaptured = errors.New("table not captured")
-
 // Catalog describes captured tables for subscriptions: their columns, types
 // and key. Descriptions are cached for TTL, so a column added to a table is
 // subscribable at most TTL later. Safe for concurrent use.
@@ -44,7 +40,8 @@ func NewCatalog(db DB, ttl time.Duration) *Catalog {
 
 // Table describes the captured table named "schema.table" as events name it
 // (unquoted; the schema is everything before the first dot). A table that
-// does not exist or is not captured gives an error wrapping ErrNotCaptured.
+// does not exist or is not captured gives an error wrapping
+// subscriptions.ErrUnknownTable.
 func (c *Catalog) Table(ctx context.Context, name string) (*subscriptions.Table, error) {
 	c.mu.Lock()
 	e, ok := c.cache[name]
@@ -53,7 +50,7 @@ func (c *Catalog) Table(ctx context.Context, name string) (*subscriptions.Table,
 		return e.table, e.err
 	}
 	t, err := c.describe(ctx, name)
-	if err != nil && !errors.Is(err, ErrNotCaptured) {
+	if err != nil && !errors.Is(err, subscriptions.ErrUnknownTable) {
 		return nil, err // not cached: the database may be back soon
 	}
 	c.mu.Lock()
@@ -65,7 +62,7 @@ func (c *Catalog) Table(ctx context.Context, name string) (*subscriptions.Table,
 func (c *Catalog) describe(ctx context.Context, name string) (*subscriptions.Table, error) {
 	schema, rel, ok := strings.Cut(name, ".")
 	if !ok {
-		return nil, fmt.Errorf("table %q: %w", name, ErrNotCaptured)
+		return nil, fmt.Errorf("table %q: %w", name, subscriptions.ErrUnknownTable)
 	}
 	var oid uint32
 	err := c.db.QueryRow(ctx, `
@@ -74,7 +71,7 @@ func (c *Catalog) describe(ctx context.Context, name string) (*subscriptions.Tab
 		   AND EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'pgfeed_capture_insert')`,
 		schema, rel).Scan(&oid)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("table %q: %w", name, ErrNotCaptured)
+		return nil, fmt.Errorf("table %q: %w", name, subscriptions.ErrUnknownTable)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("describe table %q: %w", name, err)

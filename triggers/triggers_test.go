@@ -27,15 +27,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // newDB returns a connection to a fresh, migrated database.
 func newDB(t *testing.T) (*pgx.Conn, string) {
 	t.Helper()
-	url := pgtest.NewDB(t)
-	db, err := sql.Open("pgx", url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := migrations.Up(context.Background(), db); err != nil {
-		t.Fatal(err)
-	}
+	url := pgtest.NewMigratedDB(t)
 	return pgtest.Connect(t, url), url
 }
 

@@ -33,17 +33,6 @@ func (a *app) serveCmd() *cobra.Command {
 	}
 }
 
-// catalog adapts triggers.Catalog to what feed expects.
-type catalog struct{ c *triggers.Catalog }
-
-func (c catalog) Table(ctx context.Context, name string) (*subscriptions.Table, error) {
-	t, err := c.c.Table(ctx, name)
-	if errors.Is(err, triggers.ErrNotCaptured) {
-		return nil, fmt.Errorf("%w: %w", feed.ErrUnknownTable, err)
-	}
-	return t, err
-}
-
 // serve runs the change-feed server: the listener reading the trigger log
 // and the HTTP server fanning it out. It returns nil after a clean shutdown
 // (ctx cancelled). ready, when set, is called with the listening address
@@ -73,7 +62,7 @@ func (a *app) serve(ctx context.Context, cfg *Config, ready func(addr string)) e
 		return fmt.Errorf("pgfeed's schema is %d migration(s) behind: run \"pgfeed migrate up\" first", pending)
 	}
 
-	cat := catalog{triggers.NewCatalog(pool, 0)}
+	cat := triggers.NewCatalog(pool, 0)
 	policies, err := a.policies(ctx, cfg, cat)
 	if err != nil {
 		return err
@@ -140,7 +129,7 @@ func (a *app) serve(ctx context.Context, cfg *Config, ready func(addr string)) e
 // policies compiles the configured policies and checks them against the
 // captured tables: a policy naming a missing table or column is a
 // configuration error.
-func (a *app) policies(ctx context.Context, cfg *Config, cat catalog) (*subscriptions.Policies, error) {
+func (a *app) policies(ctx context.Context, cfg *Config, cat *triggers.Catalog) (*subscriptions.Policies, error) {
 	ps := make([]subscriptions.Policy, len(cfg.Policies))
 	for i, p := range cfg.Policies {
 		ps[i] = subscriptions.Policy{Table: p.Table, Roles: p.Roles, Filter: p.Filter, Columns: p.Columns, RLS: p.RLS}
@@ -153,7 +142,7 @@ func (a *app) policies(ctx context.Context, cfg *Config, cat catalog) (*subscrip
 	for i, p := range ps {
 		name := p.Table
 		t, err := cat.Table(ctx, qualifyTable(name))
-		if errors.Is(err, feed.ErrUnknownTable) {
+		if errors.Is(err, subscriptions.ErrUnknownTable) {
 			return nil, &configError{msg: fmt.Sprintf("policies[%d].table: %s does not exist or is not captured (run \"pgfeed triggers enable %s\")", i, name, name)}
 		}
 		if err != nil {

@@ -9,6 +9,7 @@ package pgtest
 import (
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"net/url"
@@ -18,8 +19,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx", for goose
 
 	"github.com/pgfeed/pgfeed/internal/pgtemp"
+	"github.com/pgfeed/pgfeed/migrations"
 )
 
 // EnvURL names the variable that points the tests at an existing server.
@@ -130,4 +133,19 @@ func Connect(t testing.TB, url string) *pgx.Conn {
 	}
 	t.Cleanup(func() { _ = conn.Close(context.Background()) })
 	return conn
+}
+
+// NewMigratedDB is NewDB with pgfeed's own schema installed.
+func NewMigratedDB(t testing.TB) string {
+	t.Helper()
+	url := NewDB(t)
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatalf("open %s: %v", url, err)
+	}
+	defer db.Close()
+	if _, err := migrations.Up(context.Background(), db); err != nil {
+		t.Fatalf("migrate test database: %v", err)
+	}
+	return url
 }
