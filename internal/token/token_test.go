@@ -145,20 +145,20 @@ func TestMatrix(t *testing.T) {
 
 	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, claims(nil)).SignedString(jwt.UnsafeAllowNoneSignatureType)
 	invalid := map[string]struct{ tok, why string }{
-		"expired":        {sign(t, jwt.SigningMethodHS256, "", []byte("s3cret-s3cret-s3cret-s3cret-s3cret"), claims(map[string]any{"exp": time.Now().Add(-time.Hour).Unix()})), "expired"},
-		"not yet valid":  {sign(t, jwt.SigningMethodHS256, "", []byte("s3cret-s3cret-s3cret-s3cret-s3cret"), claims(map[string]any{"nbf": time.Now().Add(time.Hour).Unix()})), "not valid yet"},
-		"wrong secret":   {sign(t, jwt.SigningMethodHS256, "", []byte("another-secret-another-secret!!"), claims(nil)), "signature"},
-		"alg none":       {none, "not"},
-		"alg confusion":  {sign(t, jwt.SigningMethodHS256, "r1", pubPEM, claims(nil)), "signature"},
-		"wrong RSA key":  {sign(t, jwt.SigningMethodRS256, "r1", otherRSA, claims(nil)), "signature"},
-		"wrong aud":      {sign(t, jwt.SigningMethodHS256, "", []byte("s3cret-s3cret-s3cret-s3cret-s3cret"), claims(map[string]any{"aud": "other"})), "audience"},
-		"wrong iss":      {sign(t, jwt.SigningMethodHS256, "", []byte("s3cret-s3cret-s3cret-s3cret-s3cret"), claims(map[string]any{"iss": "https://evil"})), "issuer"},
-		"missing role":   {sign(t, jwt.SigningMethodHS256, "", []byte("s3cret-s3cret-s3cret-s3cret-s3cret"), claims(map[string]any{"role": nil})), "role"},
-		"malformed":      {"not.a.token", "malformed"},
-		"empty":          {"", "malformed"},
-		"garbage":        {strings.Repeat("x", 5000), "malformed"},
-		"key/alg swap":   {sign(t, jwt.SigningMethodES256, "r1", k.ec, claims(nil)), "not a key for ES256"},
-		"unknown kid":    {sign(t, jwt.SigningMethodRS256, "nope", k.rsa, claims(nil)), "kid"},
+		"expired":       {sign(t, jwt.SigningMethodHS256, "", []byte("s3cret-s3cret-s3cret-s3cret-s3cret"), claims(map[string]any{"exp": time.Now().Add(-time.Hour).Unix()})), "expired"},
+		"not yet valid": {sign(t, jwt.SigningMethodHS256, "", []byte("s3cret-s3cret-s3cret-s3cret-s3cret"), claims(map[string]any{"nbf": time.Now().Add(time.Hour).Unix()})), "not valid yet"},
+		"wrong secret":  {sign(t, jwt.SigningMethodHS256, "", []byte("another-secret-another-secret!!"), claims(nil)), "signature"},
+		"alg none":      {none, "not"},
+		"alg confusion": {sign(t, jwt.SigningMethodHS256, "r1", pubPEM, claims(nil)), "signature"},
+		"wrong RSA key": {sign(t, jwt.SigningMethodRS256, "r1", otherRSA, claims(nil)), "signature"},
+		"wrong aud":     {sign(t, jwt.SigningMethodHS256, "", []byte("s3cret-s3cret-s3cret-s3cret-s3cret"), claims(map[string]any{"aud": "other"})), "audience"},
+		"wrong iss":     {sign(t, jwt.SigningMethodHS256, "", []byte("s3cret-s3cret-s3cret-s3cret-s3cret"), claims(map[string]any{"iss": "https://evil"})), "issuer"},
+		"missing role":  {sign(t, jwt.SigningMethodHS256, "", []byte("s3cret-s3cret-s3cret-s3cret-s3cret"), claims(map[string]any{"role": nil})), "role"},
+		"malformed":     {"not.a.token", "malformed"},
+		"empty":         {"", "malformed"},
+		"garbage":       {strings.Repeat("x", 5000), "malformed"},
+		"key/alg swap":  {sign(t, jwt.SigningMethodES256, "r1", k.ec, claims(nil)), "not a key for ES256"},
+		"unknown kid":   {sign(t, jwt.SigningMethodRS256, "nope", k.rsa, claims(nil)), "kid"},
 	}
 	for name, c := range invalid {
 		_, err := v.Verify(ctx, c.tok)
