@@ -44,13 +44,13 @@ type hub struct {
 	// mu makes registering a subscription and reading the position atomic
 	// with dispatching a batch: a subscription registered at position P gets
 	// every batch after P from the fan-out and nothing before it.
-	mu       sync.Mutex
-	pos      listener.Cursor // guarded by mu: the position after the last dispatched batch
-	started  bool            // guarded by mu: pos is known
-	hist      []*event // guarded by mu: hist[histHead:] are the recent events, oldest first
-	histHead  int      // guarded by mu
-	histBytes int      // guarded by mu: approximate size of the recent events
-	histFrom listener.Cursor // guarded by mu: every event after this is in hist
+	mu        sync.Mutex
+	pos       listener.Cursor // guarded by mu: the position after the last dispatched batch
+	started   bool            // guarded by mu: pos is known
+	hist      []*event        // guarded by mu: hist[histHead:] are the recent events, oldest first
+	histHead  int             // guarded by mu
+	histBytes int             // guarded by mu: approximate size of the recent events
+	histFrom  listener.Cursor // guarded by mu: every event after this is in hist
 
 	delivered atomic.Int64 // changes handed to queues
 }
