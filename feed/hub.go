@@ -307,6 +307,27 @@ func (h *hub) replayStored(ctx context.Context, s *subscription, c, histFrom lis
 
 // unsubscribe removes s from the index; nothing more is delivered to it.
 func (h *hub) unsubscribe(s *subscription) {
-	h.index.Remove(s.sub)
+	s.mu.Lock()
+	sub := s.sub
+	s.mu.Unlock()
+	h.index.Remove(sub)
 	s.stop()
+}
+
+// replace gives s a new filter and projection (after a token change)
+// between two batches, so that it misses nothing and gets nothing twice.
+func (h *hub) replace(s *subscription, sub *subscriptions.Sub, cols []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s.mu.Lock()
+	old := s.sub
+	if s.stopped {
+		s.mu.Unlock()
+		return
+	}
+	sub.Value = s
+	s.sub, s.proj = sub, newProjection(cols)
+	s.mu.Unlock()
+	h.index.Remove(old)
+	h.index.Add(sub)
 }

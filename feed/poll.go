@@ -29,9 +29,13 @@ func (s *Server) servePoll(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if !id.expires.IsZero() {
+		// The answer comes no later than the token's expiry.
+		wait = min(wait, max(0, time.Until(id.expires)))
+	}
 	c := s.newClient(id)
-	if !s.track(c) {
-		writeError(w, errorf("unavailable", "server shutting down"))
+	if aerr := s.track(c); aerr != nil {
+		writeError(w, aerr)
 		return
 	}
 	defer s.untrack(c)

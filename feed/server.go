@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgfeed/pgfeed/internal/token"
 	"github.com/pgfeed/pgfeed/listener"
 	"github.com/pgfeed/pgfeed/subscriptions"
 )
@@ -35,6 +36,8 @@ type Config struct {
 	AllowedOrigins []string
 	// Anonymous lets clients without a token in, with role "anon".
 	Anonymous bool
+	// Verifier checks tokens. Nil: a request with a token is refused.
+	Verifier Verifier
 	// Policies decide what each role may read. Nil: nothing is served.
 	Policies *subscriptions.Policies
 	// Catalog describes the captured tables. Required.
@@ -66,6 +69,12 @@ type Config struct {
 	MaxMessageBytes int
 	// MaxSubscriptions per connection. Zero: 100.
 	MaxSubscriptions int
+	// SubscribeRate is how many subscribe messages per second a WebSocket
+	// connection may send (with bursts of twice as many). Zero: 20.
+	SubscribeRate int
+	// MaxConnections is how many streaming connections (WebSocket, SSE,
+	// long polls) this node holds at once. Zero: 10,000.
+	MaxConnections int
 	// WriteTimeout bounds every network write. Zero: 10 s.
 	WriteTimeout time.Duration
 	// Heartbeat is the SSE comment and WebSocket ping interval. Zero: 15 s.
@@ -93,6 +102,12 @@ func (c *Config) defaults() {
 	}
 	if c.MaxSubscriptions == 0 {
 		c.MaxSubscriptions = 100
+	}
+	if c.SubscribeRate == 0 {
+		c.SubscribeRate = 20
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 10_000
 	}
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = 10 * time.Second
@@ -219,17 +234,22 @@ func (s *Server) shutdown() {
 	})
 }
 
-func (s *Server) track(c *client) bool {
+// track registers a streaming connection; it refuses when the server is
+// shutting down or holds MaxConnections already.
+func (s *Server) track(c *client) *apiError {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	select {
 	case <-s.closing:
-		return false
+		return errorf("unavailable", "the server is shutting down")
 	default:
+	}
+	if len(s.conns) >= s.cfg.MaxConnections {
+		return errorf("rate_limited", "this node holds its maximum of %d connections; retry later or on another node", s.cfg.MaxConnections)
 	}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
-	return true
+	return nil
 }
 
 func (s *Server) untrack(c *client) {
@@ -241,15 +261,39 @@ func (s *Server) untrack(c *client) {
 
 // client is one streaming connection's state, whatever the transport.
 type client struct {
-	q  *queue
-	id subscriptions.Identity
+	q *queue
 
-	mu   sync.Mutex
-	subs map[string]*subscription // guarded by mu
+	mu      sync.Mutex
+	id      subscriptions.Identity   // guarded by mu
+	expires time.Time                // guarded by mu: when the token expires; zero: never
+	subs    map[string]*subscription // guarded by mu
+
+	reauth chan struct{} // one token: the identity (and expiry) changed
 }
 
-func (s *Server) newClient(id subscriptions.Identity) *client {
-	return &client{q: newQueue(s.cfg.QueueMessages, s.cfg.QueueBytes), id: id, subs: make(map[string]*subscription)}
+func (s *Server) newClient(id identity) *client {
+	return &client{
+		q:  newQueue(s.cfg.QueueMessages, s.cfg.QueueBytes),
+		id: id.Identity, expires: id.expires,
+		subs: make(map[string]*subscription), reauth: make(chan struct{}, 1),
+	}
+}
+
+// identity returns the client's identity and token expiry.
+func (c *client) identity() (subscriptions.Identity, time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.id, c.expires
+}
+
+// expiryTimer returns a channel that fires when the client's token
+// expires (nil when it never does).
+func expiryTimer(expires time.Time) (<-chan time.Time, func()) {
+	if expires.IsZero() {
+		return nil, func() {}
+	}
+	t := time.NewTimer(time.Until(expires))
+	return t.C, func() { t.Stop() }
 }
 
 // endAll unsubscribes everything of the client.
@@ -296,27 +340,52 @@ func errorf(code, format string, args ...any) *apiError {
 	return &apiError{code: code, message: fmt.Sprintf(format, args...)}
 }
 
-// identify returns who is asking. Tokens are not verified yet: a request
-// with one is refused rather than served as anonymous.
-func (s *Server) identify(r *http.Request) (subscriptions.Identity, *apiError) {
-	token := ""
+// Verifier checks a client's token (token.Verifier is one). Its errors
+// are shown to the client and must not contain the token.
+type Verifier interface {
+	Verify(ctx context.Context, raw string) (token.Claims, error)
+}
+
+// identity is who a client is, and until when.
+type identity struct {
+	subscriptions.Identity
+	expires time.Time // zero: never
+}
+
+// identify returns who is asking: the verified token of the Authorization
+// header or the access_token parameter, or "anon" without one when
+// anonymous access is on.
+func (s *Server) identify(r *http.Request) (identity, *apiError) {
+	raw := ""
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, rest, ok := strings.Cut(h, " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(rest) == "" {
-			return subscriptions.Identity{}, errorf("unauthorized", "the Authorization header must be \"Bearer <token>\"")
+			return identity{}, errorf("unauthorized", "the Authorization header must be \"Bearer <token>\"")
 		}
-		token = strings.TrimSpace(rest)
+		raw = strings.TrimSpace(rest)
 	}
-	if token == "" {
-		token = r.URL.Query().Get("access_token")
+	if raw == "" {
+		raw = r.URL.Query().Get("access_token")
 	}
-	if token != "" {
-		return subscriptions.Identity{}, errorf("unauthorized", "token authentication is not available in this version of pgfeed; connect without a token (auth.anonymous)")
+	if raw == "" {
+		if !s.cfg.Anonymous {
+			return identity{}, errorf("unauthorized", "a token is required (anonymous access is off)")
+		}
+		return identity{Identity: subscriptions.Identity{Role: "anon"}}, nil
 	}
-	if !s.cfg.Anonymous {
-		return subscriptions.Identity{}, errorf("unauthorized", "a token is required (anonymous access is off)")
+	return s.verify(r.Context(), raw)
+}
+
+// verify checks a token.
+func (s *Server) verify(ctx context.Context, raw string) (identity, *apiError) {
+	if s.cfg.Verifier == nil {
+		return identity{}, errorf("unauthorized", "this server accepts no tokens (no auth.jwt key is configured)")
 	}
-	return subscriptions.Identity{Role: "anon"}, nil
+	c, err := s.cfg.Verifier.Verify(ctx, raw)
+	if err != nil {
+		return identity{}, errorf("unauthorized", "%s", err.Error())
+	}
+	return identity{Identity: subscriptions.Identity{Role: c.Role, Claims: c.All}, expires: c.Expires}, nil
 }
 
 // request is a subscription as a client asks for it, on any transport.

@@ -41,7 +41,7 @@ func splitComma(s string) []string {
 
 // prepareHTTP reads, authorizes and checks the subscription of an SSE or
 // long-poll request; on failure it has answered with the error.
-func (s *Server) prepareHTTP(w http.ResponseWriter, r *http.Request, adjust func(*request)) (*prepared, subscriptions.Identity, bool) {
+func (s *Server) prepareHTTP(w http.ResponseWriter, r *http.Request, adjust func(*request)) (*prepared, identity, bool) {
 	id, aerr := s.identify(r)
 	if aerr != nil {
 		writeError(w, aerr)
@@ -55,7 +55,7 @@ func (s *Server) prepareHTTP(w http.ResponseWriter, r *http.Request, adjust func
 	if adjust != nil {
 		adjust(&req)
 	}
-	p, aerr := s.prepare(r.Context(), id, req)
+	p, aerr := s.prepare(r.Context(), id.Identity, req)
 	if aerr != nil {
 		writeError(w, aerr)
 		return nil, id, false
@@ -79,8 +79,8 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := s.newClient(id)
-	if !s.track(c) {
-		writeError(w, errorf("unavailable", "server shutting down"))
+	if aerr := s.track(c); aerr != nil {
+		writeError(w, aerr)
 		return
 	}
 	defer s.untrack(c)
@@ -124,6 +124,9 @@ func (s *Server) sseWriter(ctx context.Context, w http.ResponseWriter, flusher h
 	rc := http.NewResponseController(w)
 	beat := time.NewTicker(s.cfg.Heartbeat)
 	defer beat.Stop()
+	_, expires := c.identity()
+	expired, stopExpiry := expiryTimer(expires)
+	defer stopExpiry()
 	var buf []item
 	write := func(parts ...[]byte) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
@@ -144,6 +147,12 @@ func (s *Server) sseWriter(ctx context.Context, w http.ResponseWriter, flusher h
 			}
 			flusher.Flush()
 			continue
+		case <-expired:
+			// The stream ends with the token; the client reconnects with
+			// a fresh one and Last-Event-ID.
+			write([]byte("event: error\ndata: {\"error\":\"token_expired\"}\n\n"))
+			flusher.Flush()
+			return
 		case <-c.q.ready:
 		}
 		var reason string

@@ -11,11 +11,10 @@ import (
 // subscription is one client subscription: what it matches (sub, in the
 // index), how its events are cut (proj) and where they go (q).
 type subscription struct {
-	id   string
-	q    *queue
-	sub  *subscriptions.Sub
-	proj projection
-	hub  *hub
+	id  string
+	q   *queue
+	hub *hub
+	req request // as the client asked, to authorize again on a new token
 
 	// after is the position the subscription has reached when it is
 	// registered; events at or before it are not delivered. Written before
@@ -23,10 +22,12 @@ type subscription struct {
 	after listener.Cursor
 
 	mu         sync.Mutex
-	replaying  bool            // guarded by mu: live events wait in pending
-	replayTill listener.Cursor // guarded by mu: replayed events are before this
-	pending    []*event        // guarded by mu
-	stopped    bool            // guarded by mu
+	sub        *subscriptions.Sub // guarded by mu (and swapped under hub.mu)
+	proj       projection         // guarded by mu
+	replaying  bool               // guarded by mu: live events wait in pending
+	replayTill listener.Cursor    // guarded by mu: replayed events are before this
+	pending    []*event           // guarded by mu
+	stopped    bool               // guarded by mu
 }
 
 func newSubscription(h *hub, id string, q *queue, sub *subscriptions.Sub, cols []string) *subscription {
@@ -74,10 +75,13 @@ func (s *subscription) replay(ctx context.Context, events []*event) error {
 	till := s.replayTill
 	s.mu.Unlock()
 	for _, e := range events {
-		if !e.cursor.Less(till) || !s.after.Less(e.cursor) || !s.matches(e) {
+		s.mu.Lock()
+		sub, proj := s.sub, s.proj
+		s.mu.Unlock()
+		if !e.cursor.Less(till) || !s.after.Less(e.cursor) || !sub.Matches(&e.match) {
 			continue
 		}
-		if !s.q.pushWait(ctx.Done(), item{sub: s.id, body: e.json(s.proj), change: true, cursor: e.cursor}) {
+		if !s.q.pushWait(ctx.Done(), item{sub: s.id, body: e.json(proj), change: true, cursor: e.cursor}) {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
@@ -109,8 +113,6 @@ func (s *subscription) endReplay(skipTo listener.Cursor) {
 	}
 	s.hub.delivered.Add(int64(len(its)))
 }
-
-func (s *subscription) matches(e *event) bool { return s.sub.Matches(&e.match) }
 
 func (s *subscription) stop() {
 	s.mu.Lock()

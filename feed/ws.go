@@ -40,17 +40,17 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if len(s.origins) == 1 && s.origins[0] == "*" {
 		opts = &websocket.AcceptOptions{InsecureSkipVerify: true}
 	}
+	c := s.newClient(id)
+	if aerr := s.track(c); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	defer s.untrack(c)
 	conn, err := websocket.Accept(w, r, opts)
 	if err != nil {
 		return // Accept has answered the client
 	}
 	conn.SetReadLimit(-1) // enforced below, to answer too_large first
-	c := s.newClient(id)
-	if !s.track(c) {
-		_ = conn.Close(websocket.StatusGoingAway, "server shutting down")
-		return
-	}
-	defer s.untrack(c)
 
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
@@ -70,6 +70,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 // wsReader reads client messages until the connection ends.
 func (s *Server) wsReader(ctx context.Context, conn *websocket.Conn, c *client) {
 	limit := int64(s.cfg.MaxMessageBytes)
+	// A token bucket for subscribe messages: SubscribeRate a second, bursts
+	// of twice that.
+	burst := float64(2 * s.cfg.SubscribeRate)
+	tokens, last := burst, time.Now()
 	for {
 		typ, rd, err := conn.Reader(ctx)
 		if err != nil {
@@ -96,13 +100,21 @@ func (s *Server) wsReader(ctx context.Context, conn *websocket.Conn, c *client) 
 		}
 		switch m.Type {
 		case "subscribe":
+			now := time.Now()
+			tokens = min(burst, tokens+now.Sub(last).Seconds()*float64(s.cfg.SubscribeRate))
+			last = now
+			if tokens < 1 {
+				s.wsError(c, m.ID, errorf("rate_limited", "more than %d subscribe messages a second", s.cfg.SubscribeRate))
+				continue
+			}
+			tokens--
 			s.wsSubscribe(ctx, c, m)
 		case "unsubscribe":
 			s.wsUnsubscribe(c, m)
 		case "ping":
 			s.wsSend(c, map[string]any{"type": "pong"})
 		case "auth":
-			s.wsError(c, nil, errorf("unauthorized", "token authentication is not available in this version of pgfeed"))
+			s.wsAuth(ctx, c, m.Token)
 		case "":
 			s.wsError(c, m.ID, errorf("bad_request", "message has no type"))
 		default:
@@ -131,7 +143,9 @@ func (s *Server) wsSubscribe(ctx context.Context, c *client, m wsMessage) {
 		s.wsError(c, m.ID, errorf("bad_request", "%s", err.Error()))
 		return
 	}
-	p, aerr := s.prepare(ctx, c.id, request{table: m.Table, filter: filter, events: m.Events, sel: m.Select, since: m.Since})
+	req := request{table: m.Table, filter: filter, events: m.Events, sel: m.Select, since: m.Since}
+	who, _ := c.identity()
+	p, aerr := s.prepare(ctx, who, req)
 	if aerr != nil {
 		s.wsError(c, m.ID, aerr)
 		return
@@ -148,6 +162,7 @@ func (s *Server) wsSubscribe(ctx context.Context, c *client, m wsMessage) {
 		return
 	}
 	sub := newSubscription(s.hub, id, c.q, p.sub, p.cols)
+	sub.req = req
 	c.subs[id] = sub
 	c.mu.Unlock()
 
@@ -170,6 +185,47 @@ func (s *Server) wsSubscribe(ctx context.Context, c *client, m wsMessage) {
 			s.cfg.Logger.Error("subscribe", "table", p.table.Name, "err", err)
 			s.wsError(c, m.ID, errorf("internal", "could not start the subscription"))
 		}
+	}
+}
+
+// wsAuth replaces the connection's identity with the token's. Each
+// subscription is authorized again: those the new claims no longer allow
+// end with a forbidden error; the others go on, with the new claims'
+// policy filter and columns, without a gap.
+func (s *Server) wsAuth(ctx context.Context, c *client, raw string) {
+	if raw == "" {
+		s.wsError(c, nil, errorf("bad_request", "auth needs a token"))
+		return
+	}
+	id, aerr := s.verify(ctx, raw)
+	if aerr != nil {
+		s.wsError(c, nil, aerr) // the old identity stays, until it expires
+		return
+	}
+	c.mu.Lock()
+	c.id, c.expires = id.Identity, id.expires
+	subs := make([]*subscription, 0, len(c.subs))
+	for _, sub := range c.subs {
+		subs = append(subs, sub)
+	}
+	c.mu.Unlock()
+	select {
+	case c.reauth <- struct{}{}:
+	default:
+	}
+	for _, sub := range subs {
+		req := sub.req
+		req.since = ""
+		p, aerr := s.prepare(ctx, id.Identity, req)
+		if aerr != nil {
+			c.mu.Lock()
+			delete(c.subs, sub.id)
+			c.mu.Unlock()
+			s.hub.unsubscribe(sub)
+			s.wsError(c, json.RawMessage(strconv.Quote(sub.id)), aerr)
+			continue
+		}
+		s.hub.replace(sub, p.sub, p.cols)
 	}
 }
 
@@ -212,10 +268,21 @@ func (s *Server) wsError(c *client, id json.RawMessage, e *apiError) {
 func (s *Server) wsWriter(ctx context.Context, conn *websocket.Conn, c *client) {
 	ping := time.NewTicker(s.cfg.Heartbeat)
 	defer ping.Stop()
+	_, expires := c.identity()
+	expired, stopExpiry := expiryTimer(expires)
+	defer func() { stopExpiry() }()
 	var buf []item
 	for {
 		select {
 		case <-ctx.Done():
+			return
+		case <-c.reauth:
+			stopExpiry()
+			_, expires = c.identity()
+			expired, stopExpiry = expiryTimer(expires)
+			continue
+		case <-expired:
+			_ = conn.Close(websocket.StatusPolicyViolation, "token_expired")
 			return
 		case <-ping.C:
 			pctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)

@@ -38,6 +38,18 @@ type Config struct {
 	// Policies say which tables are served to whom. No policy for a table
 	// means the table is not served (default deny). Nil when there is none.
 	Policies []Policy `mapstructure:"policies"`
+	Limits   Limits   `mapstructure:"limits"`
+}
+
+// Limits protect a node from runaway or abusive clients.
+type Limits struct {
+	// Connections is the most streaming connections a node holds.
+	Connections int `mapstructure:"connections"`
+	// Subscriptions is the most subscriptions one WebSocket holds.
+	Subscriptions int `mapstructure:"subscriptions"`
+	// SubscribesPerSecond is how many subscribe messages a second one
+	// WebSocket may send (bursts of twice as many).
+	SubscribesPerSecond int `mapstructure:"subscribes_per_second"`
 }
 
 // DatabaseConfig says where the database is.
@@ -79,6 +91,8 @@ type JWTConfig struct {
 	Secret string `mapstructure:"secret"`
 	// JWKSURL is where the RS256/ES256/EdDSA public keys are published.
 	JWKSURL string `mapstructure:"jwks_url"`
+	// JWKSFile is a local JWKS file, for keys that are not published.
+	JWKSFile string `mapstructure:"jwks_file"`
 	// Audience, when set, must be in the token's aud claim.
 	Audience string `mapstructure:"audience"`
 	// Issuer, when set, must equal the token's iss claim.
@@ -121,9 +135,13 @@ func configKeys() []configKey {
 		{"auth.anonymous", false},
 		{"auth.jwt.secret", ""},
 		{"auth.jwt.jwks_url", ""},
+		{"auth.jwt.jwks_file", ""},
 		{"auth.jwt.audience", ""},
 		{"auth.jwt.issuer", ""},
 		{"policies", nil},
+		{"limits.connections", 10000},
+		{"limits.subscriptions", 100},
+		{"limits.subscribes_per_second", 20},
 	}
 }
 
@@ -468,6 +486,11 @@ func (l *loader) validate(c *Config) error {
 		p, err := url.Parse(u)
 		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
 			return l.bad("auth.jwt.jwks_url", "%q is not an http or https URL", u)
+		}
+	}
+	for key, n := range map[string]int{"limits.connections": c.Limits.Connections, "limits.subscriptions": c.Limits.Subscriptions, "limits.subscribes_per_second": c.Limits.SubscribesPerSecond} {
+		if n <= 0 {
+			return l.bad(key, "must be a positive number, got %d", n)
 		}
 	}
 	for i, p := range c.Policies {

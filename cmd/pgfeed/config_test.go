@@ -21,6 +21,7 @@ func TestConfigDefaults(t *testing.T) {
 		Source:    "trigger",
 		Logical:   LogicalConfig{Slot: "pgfeed", Publication: "pgfeed"},
 		Retention: 24 * time.Hour,
+		Limits:    Limits{Connections: 10000, Subscriptions: 100, SubscribesPerSecond: 20},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", cfg, want)
@@ -125,6 +126,7 @@ func TestConfigEnvironment(t *testing.T) {
 		"PGFEED_LOGICAL_SLOT":         "node_1",
 		"PGFEED_LOGICAL_PUBLICATION":  "pub",
 		"PGFEED_RETENTION":            "90m",
+		"PGFEED_LIMITS_CONNECTIONS":   "5",
 		"PGFEED_AUTH_ANONYMOUS":       "true",
 		"PGFEED_AUTH_JWT_SECRET":      "s3cret",
 		"PGFEED_AUTH_JWT_JWKS_URL":    "https://auth.example/.well-known/jwks.json",
@@ -149,6 +151,7 @@ func TestConfigEnvironment(t *testing.T) {
 		}},
 		Retention: 90 * time.Minute,
 		Policies:  []Policy{{Table: "public.orders", Roles: []string{"anon"}, Filter: "id=gt.0", Columns: []string{"id"}, RLS: true}},
+		Limits:    Limits{Connections: 5, Subscriptions: 100, SubscribesPerSecond: 20},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("from the environment:\n got %+v\nwant %+v", cfg, want)
@@ -223,6 +226,7 @@ func TestConfigErrors(t *testing.T) {
 		{name: "bad jwks url", file: "auth:\n  jwt:\n    jwks_url: ftp://x\n", want: []string{"auth.jwt.jwks_url"}},
 		{name: "bad database url", file: "database:\n  url: \"postgres://h:notaport/db\"\n", want: []string{"database.url"}},
 		{name: "bad yaml", file: "http:\n  listen: [\n", want: []string{"config file", "pgfeed.yaml"}},
+		{name: "bad limit", file: "limits:\n  subscriptions: 0\n", want: []string{"limits.subscriptions: must be a positive number"}},
 		{name: "bad duration from env", env: map[string]string{"PGFEED_RETENTION": "abc"}, want: []string{`retention: "abc" is not a duration`, "PGFEED_RETENTION"}},
 		{name: "bad source from env", env: map[string]string{"PGFEED_SOURCE": "kafka"}, want: []string{`source: "kafka"`, "PGFEED_SOURCE"}},
 		{name: "bad policies from env", env: map[string]string{"PGFEED_POLICIES": "{"}, want: []string{"policies", "PGFEED_POLICIES"}},

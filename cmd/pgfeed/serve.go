@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pgfeed/pgfeed/feed"
+	"github.com/pgfeed/pgfeed/internal/token"
 	"github.com/pgfeed/pgfeed/listener"
 	"github.com/pgfeed/pgfeed/migrations"
 	"github.com/pgfeed/pgfeed/subscriptions"
@@ -75,13 +76,29 @@ func (a *app) serve(ctx context.Context, cfg *Config, ready func(addr string)) e
 		Retention: cfg.Retention,
 		Logger:    a.log.With("component", "listener"),
 	})
+	var verifier feed.Verifier
+	if j := cfg.Auth.JWT; j.Secret != "" || j.JWKSURL != "" || j.JWKSFile != "" {
+		v, err := token.New(token.Config{Secret: j.Secret, JWKSURL: j.JWKSURL, JWKSFile: j.JWKSFile, Audience: j.Audience, Issuer: j.Issuer})
+		if err != nil {
+			return &configError{msg: fmt.Sprintf("auth.jwt: %v", err)}
+		}
+		if err := v.Prefetch(ctx); err != nil {
+			// Not fatal: the keys are fetched again when a token needs them.
+			a.log.Warn("fetch JWKS", "url", j.JWKSURL, "err", err)
+		}
+		verifier = v
+	}
 	srv, err := feed.New(feed.Config{
-		Listen:         cfg.HTTP.Listen,
-		AllowedOrigins: cfg.HTTP.AllowedOrigins,
-		Anonymous:      cfg.Auth.Anonymous,
-		Policies:       policies,
-		Catalog:        cat,
-		Store:          listener.Log{DB: pool},
+		Listen:           cfg.HTTP.Listen,
+		AllowedOrigins:   cfg.HTTP.AllowedOrigins,
+		Anonymous:        cfg.Auth.Anonymous,
+		Verifier:         verifier,
+		MaxConnections:   cfg.Limits.Connections,
+		MaxSubscriptions: cfg.Limits.Subscriptions,
+		SubscribeRate:    cfg.Limits.SubscribesPerSecond,
+		Policies:         policies,
+		Catalog:          cat,
+		Store:            listener.Log{DB: pool},
 		Ready: func(ctx context.Context) error {
 			if err := pool.Ping(ctx); err != nil {
 				return fmt.Errorf("database unreachable: %w", err)
