@@ -108,7 +108,9 @@ func (e *env) startNode(cfg feed.Config) *node {
 		}
 		cfg.Policies = p
 	}
-	cfg.Anonymous = true
+	if cfg.Verifier == nil {
+		cfg.Anonymous = true
+	}
 	cfg.Catalog = triggers.NewCatalog(e.pool, time.Millisecond)
 	if cfg.Store == nil {
 		cfg.Store = listener.Log{DB: e.pool}

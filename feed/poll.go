@@ -66,6 +66,10 @@ func (s *Server) servePoll(w http.ResponseWriter, r *http.Request) {
 	case st = <-startc:
 	case err := <-errc:
 		errc <- err // for the deferred wait
+		if err == nil {
+			st = <-startc // it started and returned at once (no replay)
+			break
+		}
 		if r.Context().Err() == nil {
 			s.cfg.Logger.Error("long poll", "table", p.table.Name, "err", err)
 			writeError(w, errorf("internal", "could not read changes"))

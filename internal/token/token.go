@@ -52,7 +52,7 @@ type Verifier struct {
 	mu        sync.Mutex
 	keys      map[string]any // guarded by mu: kid -> public key
 	anonKeys  []any          // guarded by mu: keys without a kid
-	fetchedAt time.Time      // guarded by mu: last JWKS fetch attempt
+	fetchedAt time.Time      // guarded by mu: last refetch for an unknown key id
 }
 
 // New returns a Verifier; with a JWKS file, it reads it now.
@@ -229,14 +229,12 @@ func (v *Verifier) refetchDue() bool {
 }
 
 // Prefetch loads the JWKS (when a URL is configured), so the first client
-// does not wait for it.
+// does not wait for it. It does not count against the refetch limit, which
+// is for unknown key ids.
 func (v *Verifier) Prefetch(ctx context.Context) error {
 	if v.cfg.JWKSURL == "" {
 		return nil
 	}
-	v.mu.Lock()
-	v.fetchedAt = v.cfg.Now()
-	v.mu.Unlock()
 	return v.fetch(ctx)
 }
 

@@ -199,30 +199,36 @@ func TestUnknownKidRefetch(t *testing.T) {
 	if _, err := v.Verify(ctx, sign(t, jwt.SigningMethodRS256, "old", k.rsa, claims(nil))); err != nil {
 		t.Fatal(err)
 	}
-	// Rotation: the key gets a new kid. Within a minute of the last fetch,
-	// no refetch: refused.
+	// Rotation: the key gets a new kid. The first unknown kid refetches.
 	mu.Lock()
 	current = jwks(k, "new", "", "")
 	mu.Unlock()
-	tok := sign(t, jwt.SigningMethodRS256, "new", k.rsa, claims(nil))
-	if _, err := v.Verify(ctx, tok); err == nil {
-		t.Fatal("accepted an unknown kid without refetching")
-	}
-	if n := fetches.Load(); n != 1 {
-		t.Fatalf("%d fetches, want 1 (refetch rate limited)", n)
-	}
-	clock.Add(int64(61 * time.Second))
-	if _, err := v.Verify(ctx, tok); err != nil {
-		t.Fatalf("after a minute, the unknown kid should refetch: %v", err)
+	if _, err := v.Verify(ctx, sign(t, jwt.SigningMethodRS256, "new", k.rsa, claims(nil))); err != nil {
+		t.Fatalf("an unknown kid should refetch the JWKS: %v", err)
 	}
 	if n := fetches.Load(); n != 2 {
 		t.Fatalf("%d fetches, want 2", n)
 	}
+	// Another rotation within the minute: no refetch, refused.
+	mu.Lock()
+	current = jwks(k, "newer", "", "")
+	mu.Unlock()
+	tok := sign(t, jwt.SigningMethodRS256, "newer", k.rsa, claims(nil))
 	for range 10 {
-		_, _ = v.Verify(ctx, sign(t, jwt.SigningMethodRS256, "bogus", k.rsa, claims(nil)))
+		if _, err := v.Verify(ctx, tok); err == nil {
+			t.Fatal("accepted an unknown kid without refetching")
+		}
 	}
 	if n := fetches.Load(); n != 2 {
-		t.Fatalf("a flood of unknown kids caused %d fetches", n)
+		t.Fatalf("a flood of unknown kids caused %d fetches, want 2", n)
+	}
+	// A minute later, it refetches.
+	clock.Add(int64(61 * time.Second))
+	if _, err := v.Verify(ctx, tok); err != nil {
+		t.Fatalf("after a minute, the unknown kid should refetch: %v", err)
+	}
+	if n := fetches.Load(); n != 3 {
+		t.Fatalf("%d fetches, want 3", n)
 	}
 }
 
