@@ -30,6 +30,19 @@ type event struct {
 
 	mu      sync.Mutex
 	encoded map[string][]byte // guarded by mu: projection key -> full event JSON
+	bare    *event            // guarded by mu: the key-only version (deletes under RLS)
+}
+
+// keyOnly returns the event without its rows: what a delete looks like to
+// subscribers under row-level security, whose visibility can no longer be
+// checked once the row is gone.
+func (e *event) keyOnly() *event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.bare == nil {
+		e.bare = &event{cursor: e.cursor, table: e.table, op: e.op, key: e.key, time: e.time, match: e.match}
+	}
+	return e.bare
 }
 
 // field is one column of a row as to_jsonb rendered it, order kept.

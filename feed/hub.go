@@ -52,6 +52,8 @@ type hub struct {
 	histBytes int             // guarded by mu: approximate size of the recent events
 	histFrom  listener.Cursor // guarded by mu: every event after this is in hist
 
+	rls *rlsGroups // nil without an RLS checker
+
 	delivered atomic.Int64 // changes handed to queues
 }
 
@@ -98,10 +100,23 @@ func (h *hub) dispatch(b listener.Batch) error {
 	if !h.started {
 		h.histFrom, h.started = listener.Cursor{Tick: b.Tick.ID}, true
 	}
+	var checks []rlsJobFor // reused across events
 	for _, e := range events {
+		checks = checks[:0]
 		h.index.Match(&e.match, func(s *subscriptions.Sub) {
-			s.Value.(*subscription).deliver(e)
+			sub := s.Value.(*subscription)
+			g := sub.group
+			if g == nil {
+				sub.deliver(e)
+			} else {
+				// Through the group, even what needs no check, so that
+				// the subscription's changes keep their order.
+				checks = addCheck(checks, g, sub)
+			}
 		})
+		for _, c := range checks {
+			c.g.enqueue(e, c.subs)
+		}
 		h.remember(e)
 	}
 	h.pos = listener.Cursor{Tick: b.Tick.ID + 1}
@@ -305,29 +320,74 @@ func (h *hub) replayStored(ctx context.Context, s *subscription, c, histFrom lis
 	return s.replay(ctx, fromMemory)
 }
 
+// rlsJobFor collects, for one change, the subscriptions of one RLS group.
+type rlsJobFor struct {
+	g    *rlsGroup
+	subs []*subscription
+}
+
+func addCheck(checks []rlsJobFor, g *rlsGroup, s *subscription) []rlsJobFor {
+	for i := range checks {
+		if checks[i].g == g {
+			checks[i].subs = append(checks[i].subs, s)
+			return checks
+		}
+	}
+	return append(checks, rlsJobFor{g: g, subs: []*subscription{s}})
+}
+
 // unsubscribe removes s from the index; nothing more is delivered to it.
+// Safe to call more than once.
 func (h *hub) unsubscribe(s *subscription) {
+	h.mu.Lock()
 	s.mu.Lock()
-	sub := s.sub
+	sub, g := s.sub, s.group
+	s.group = nil
 	s.mu.Unlock()
+	h.mu.Unlock()
 	h.index.Remove(sub)
+	if g != nil {
+		h.rls.leave(g)
+	}
 	s.stop()
 }
 
-// replace gives s a new filter and projection (after a token change)
-// between two batches, so that it misses nothing and gets nothing twice.
-func (h *hub) replace(s *subscription, sub *subscriptions.Sub, cols []string) {
+// replace gives s a new filter, projection and RLS group (after a token
+// change) between two batches, so that it misses nothing and gets nothing
+// twice.
+func (h *hub) replace(s *subscription, p *prepared) {
+	var g *rlsGroup
+	if p.rls {
+		g = h.rls.join(p.id, p.table)
+	}
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	s.mu.Lock()
-	old := s.sub
+	old, oldGroup := s.sub, s.group
 	if s.stopped {
 		s.mu.Unlock()
+		h.mu.Unlock()
+		if g != nil {
+			h.rls.leave(g)
+		}
 		return
 	}
-	sub.Value = s
-	s.sub, s.proj = sub, newProjection(cols)
+	p.sub.Value = s
+	s.sub, s.proj, s.group = p.sub, newProjection(p.cols), g
 	s.mu.Unlock()
 	h.index.Remove(old)
-	h.index.Add(sub)
+	h.index.Add(p.sub)
+	h.mu.Unlock()
+	if oldGroup != nil {
+		h.rls.leave(oldGroup)
+	}
+}
+
+// newSubscription makes the subscription a prepared request describes,
+// not yet registered.
+func (h *hub) newSubscription(id string, q *queue, p *prepared) *subscription {
+	s := newSubscription(h, id, q, p.sub, p.cols)
+	if p.rls {
+		s.group = h.rls.join(p.id, p.table)
+	}
+	return s
 }

@@ -40,7 +40,7 @@ func (s *Server) servePoll(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.untrack(c)
 	ctx, cancel := context.WithCancel(r.Context())
-	sub := newSubscription(s.hub, "poll", c.q, p.sub, p.cols)
+	sub := s.hub.newSubscription("poll", c.q, p)
 
 	// The subscription (and its replay, which may be longer than one
 	// answer) runs beside the wait; it ends when the answer is written.

@@ -38,6 +38,9 @@ type Config struct {
 	Anonymous bool
 	// Verifier checks tokens. Nil: a request with a token is refused.
 	Verifier Verifier
+	// RLS checks rows for policies with rls: true. Nil: such policies
+	// are refused at subscribe time.
+	RLS RLSChecker
 	// Policies decide what each role may read. Nil: nothing is served.
 	Policies *subscriptions.Policies
 	// Catalog describes the captured tables. Required.
@@ -126,6 +129,7 @@ type Server struct {
 
 	closing   chan struct{} // closed when shutdown begins
 	closeOnce sync.Once
+	stopRLS   context.CancelFunc // ends the RLS checks at shutdown
 
 	mu    sync.Mutex
 	conns map[*client]struct{} // guarded by mu: open streaming connections
@@ -147,6 +151,11 @@ func New(cfg Config) (*Server, error) {
 		mux:     http.NewServeMux(),
 		closing: make(chan struct{}),
 		conns:   make(map[*client]struct{}),
+	}
+	if cfg.RLS != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		s.hub.rls = &rlsGroups{checker: cfg.RLS, log: cfg.Logger, maxJobs: cfg.QueueMessages, ctx: ctx, groups: map[string]*rlsGroup{}}
+		s.stopRLS = cancel
 	}
 	for _, o := range cfg.AllowedOrigins {
 		if o == "*" {
@@ -216,6 +225,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		err = hs.Close()
 	}
 	s.wg.Wait()
+	if s.hub.rls != nil {
+		s.stopRLS()
+		s.hub.rls.wg.Wait()
+	}
 	if err != nil {
 		return fmt.Errorf("shut down: %w", err)
 	}
@@ -403,6 +416,8 @@ type prepared struct {
 	sub   *subscriptions.Sub
 	cols  []string // projection; nil = every column
 	since *listener.Cursor
+	id    subscriptions.Identity
+	rls   bool // row-level security decides, per change
 }
 
 // qualify reads "orders" as "public.orders".
@@ -450,10 +465,15 @@ func (s *Server) prepare(ctx context.Context, id subscriptions.Identity, req req
 	if err != nil {
 		return nil, errorf("forbidden", "%s", err.Error())
 	}
+	if grant.RLS && s.cfg.RLS == nil {
+		return nil, errorf("internal", "the policy for %s uses row-level security, which is not set up on this server", t.Name)
+	}
 	p := &prepared{
 		table: t,
 		sub:   &subscriptions.Sub{Table: t.Name, Filter: filter, Events: events},
 		cols:  cols,
+		id:    id,
+		rls:   grant.RLS,
 	}
 	if req.since != "" {
 		c, err := listener.ParseCursor(req.since)
@@ -526,5 +546,9 @@ func (s *Server) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintf(w, "# HELP pgfeed_subscriptions Live subscriptions.\n# TYPE pgfeed_subscriptions gauge\npgfeed_subscriptions %d\n", s.hub.index.Len())
 	fmt.Fprintf(w, "# HELP pgfeed_deliveries_total Changes handed to connection queues.\n# TYPE pgfeed_deliveries_total counter\npgfeed_deliveries_total %d\n", s.hub.delivered.Load())
 	fmt.Fprintf(w, "# HELP pgfeed_slow_consumers_total Connections closed because they fell behind.\n# TYPE pgfeed_slow_consumers_total counter\npgfeed_slow_consumers_total %d\n", s.slow.Load())
+	if r := s.hub.rls; r != nil {
+		fmt.Fprintf(w, "# HELP pgfeed_rls_checks_total Row-level security checks run (one per change per group of subscribers sharing role and claims).\n# TYPE pgfeed_rls_checks_total counter\npgfeed_rls_checks_total %d\n", r.checks.Load())
+		fmt.Fprintf(w, "# HELP pgfeed_rls_errors_total Row-level security checks that failed; the change was withheld from that group.\n# TYPE pgfeed_rls_errors_total counter\npgfeed_rls_errors_total %d\n", r.errors.Load())
+	}
 	fmt.Fprintf(w, "# HELP pgfeed_stream_tick The tick the stream has reached.\n# TYPE pgfeed_stream_tick gauge\npgfeed_stream_tick %d\n", pos.Tick)
 }

@@ -95,7 +95,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	flusher.Flush()
 
-	sub := newSubscription(s.hub, "sse", c.q, p.sub, p.cols)
+	sub := s.hub.newSubscription("sse", c.q, p)
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)

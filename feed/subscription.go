@@ -24,6 +24,7 @@ type subscription struct {
 	mu         sync.Mutex
 	sub        *subscriptions.Sub // guarded by mu (and swapped under hub.mu)
 	proj       projection         // guarded by mu
+	group      *rlsGroup          // guarded by mu and hub.mu: nil unless row-level security decides
 	replaying  bool               // guarded by mu: live events wait in pending
 	replayTill listener.Cursor    // guarded by mu: replayed events are before this
 	pending    []*event           // guarded by mu
@@ -76,10 +77,21 @@ func (s *subscription) replay(ctx context.Context, events []*event) error {
 	s.mu.Unlock()
 	for _, e := range events {
 		s.mu.Lock()
-		sub, proj := s.sub, s.proj
+		sub, proj, g := s.sub, s.proj, s.group
 		s.mu.Unlock()
 		if !e.cursor.Less(till) || !s.after.Less(e.cursor) || !sub.Matches(&e.match) {
 			continue
+		}
+		if g != nil {
+			switch e.op {
+			case "truncate":
+			case "delete":
+				e = e.keyOnly()
+			default:
+				if !g.visible(ctx, e) {
+					continue
+				}
+			}
 		}
 		if !s.q.pushWait(ctx.Done(), item{sub: s.id, body: e.json(proj), change: true, cursor: e.cursor}) {
 			if err := ctx.Err(); err != nil {

@@ -161,7 +161,7 @@ func (s *Server) wsSubscribe(ctx context.Context, c *client, m wsMessage) {
 		s.wsError(c, m.ID, errorf("rate_limited", "at most %d subscriptions per connection", s.cfg.MaxSubscriptions))
 		return
 	}
-	sub := newSubscription(s.hub, id, c.q, p.sub, p.cols)
+	sub := s.hub.newSubscription(id, c.q, p)
 	sub.req = req
 	c.subs[id] = sub
 	c.mu.Unlock()
@@ -225,7 +225,7 @@ func (s *Server) wsAuth(ctx context.Context, c *client, raw string) {
 			s.wsError(c, json.RawMessage(strconv.Quote(sub.id)), aerr)
 			continue
 		}
-		s.hub.replace(sub, p.sub, p.cols)
+		s.hub.replace(sub, p)
 	}
 }
 

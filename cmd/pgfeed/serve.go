@@ -88,7 +88,24 @@ func (a *app) serve(ctx context.Context, cfg *Config, ready func(addr string)) e
 		}
 		verifier = v
 	}
+	var rls feed.RLSChecker
+	for _, p := range cfg.Policies {
+		if p.RLS {
+			// Row-level security checks get their own small pool, so that
+			// they can never starve the rest of pgfeed of connections.
+			rcfg := pool.Config().Copy()
+			rcfg.MaxConns = 4
+			rpool, err := pgxpool.NewWithConfig(ctx, rcfg)
+			if err != nil {
+				return fmt.Errorf("connect to database: %w", err)
+			}
+			defer rpool.Close()
+			rls = &subscriptions.RLS{Pool: rpool}
+			break
+		}
+	}
 	srv, err := feed.New(feed.Config{
+		RLS:              rls,
 		Listen:           cfg.HTTP.Listen,
 		AllowedOrigins:   cfg.HTTP.AllowedOrigins,
 		Anonymous:        cfg.Auth.Anonymous,
