@@ -27,8 +27,16 @@
 //     the subscription's pending list; then the pending ones follow: no gap,
 //     no duplicate.
 //
+// Row-level security (policies with rls: true): the fan-out hands a
+// change for such subscriptions to their group (same table, role and
+// claims), whose goroutine checks it once with the database and delivers
+// it to the group's members, in order; deletes go through the group too,
+// key only. Group goroutines exist while a group has work and are waited
+// for at shutdown.
+//
 // Locks: hub.mu (position, history, registration) is taken before
 // subscription.mu, which is taken before queue.mu; the subscription index
-// has its own lock, taken inside hub.mu. Server.mu guards only the set of
-// connections and is never held while taking another lock.
+// has its own lock, taken inside hub.mu. rlsGroups.mu is taken before
+// rlsGroup.mu, and neither is held while delivering. Server.mu guards only
+// the set of connections and is never held while taking another lock.
 package feed

@@ -5,9 +5,10 @@
 // and the index that maps a change to the subscriptions it matches without
 // scanning all of them (Index).
 //
-// It is pure in-memory logic: no I/O, no goroutines, no package-level
-// mutable state. The opt-in RLS check, which needs the database, is the
-// caller's: a Grant only says it is required.
+// It is in-memory logic: no goroutines, no package-level mutable state,
+// and no I/O except the opt-in row-level security check (RLS.Visible),
+// which reads the row as the subscriber; a Grant says when it is required,
+// and the caller batches it per group of subscribers (GroupKey).
 //
 // # Filters
 //
