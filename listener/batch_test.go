@@ -97,9 +97,13 @@ func TestBatchesFollowCommitOrder(t *testing.T) {
 					defer tx.Rollback(ctx)
 					var txid uint64
 					n := 0
-					// Increment 1-3 rows; lock order by id avoids deadlocks.
+					// Increment 1-3 rows, locked in id order first: an UPDATE
+					// locks in physical order, which deadlocks concurrent ones.
 					a := 1 + r.IntN(rows)
 					b := min(rows, a+r.IntN(3))
+					if _, err := tx.Exec(ctx, `SELECT id FROM acct WHERE id BETWEEN $1 AND $2 ORDER BY id FOR UPDATE`, a, b); err != nil {
+						return err
+					}
 					if err := tx.QueryRow(ctx, `WITH u AS (UPDATE acct SET v = v + 1 WHERE id BETWEEN $1 AND $2 RETURNING 1)
 						SELECT pg_current_xact_id()::text::bigint, count(*) FROM u`, a, b).Scan(&txid, &n); err != nil {
 						return err
