@@ -70,9 +70,22 @@ func newProvider(db *sql.DB) (*goose.Provider, error) {
 }
 
 // ensureSchema creates the pgfeed schema, which must exist before goose can
-// create its version table inside it.
+// create its version table inside it. CREATE SCHEMA IF NOT EXISTS is not
+// safe against itself running concurrently (two nodes starting at once), so
+// it runs under pgfeed's migration lock.
 func ensureSchema(ctx context.Context, db *sql.DB) error {
-	if _, err := db.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS "+Schema); err != nil {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("create schema %s: %w", Schema, err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", lockID); err != nil {
+		return fmt.Errorf("create schema %s: %w", Schema, err)
+	}
+	if _, err := tx.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS "+Schema); err != nil {
+		return fmt.Errorf("create schema %s: %w", Schema, err)
+	}
+	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("create schema %s: %w", Schema, err)
 	}
 	return nil
