@@ -27,7 +27,7 @@ import (
 
 const secret = "feed-test-secret-feed-test-secret"
 
-func hs256(t *testing.T, claims jwt.MapClaims) string {
+func hs256(t testing.TB, claims jwt.MapClaims) string {
 	t.Helper()
 	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(secret))
 	if err != nil {

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // env is a database with captured tables and pgfeed nodes serving it.
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	url  string
 	db   *pgx.Conn
 	pool *pgxpool.Pool
@@ -45,13 +45,13 @@ CREATE TABLE typed (
 
 // newEnv creates a database with pgfeed's schema and the test tables, all
 // captured.
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	return newEnvAt(t, pgtest.NewMigratedDB(t))
 }
 
 // newEnvAt is newEnv on the database at url.
-func newEnvAt(t *testing.T, url string) *env {
+func newEnvAt(t testing.TB, url string) *env {
 	t.Helper()
 	ctx := context.Background()
 	sqldb, err := sql.Open("pgx", url)
