@@ -51,9 +51,9 @@ func runPolicyBench(b *testing.B, mode string) {
 	var suffix [4]byte
 	_, _ = rand.Read(suffix[:])
 	role := "bench_" + hex.EncodeToString(suffix[:])
-	e.exec(`CREATE ROLE `+role+` NOLOGIN; GRANT SELECT ON orders TO `+role+`;
+	e.exec(`CREATE ROLE ` + role + ` NOLOGIN; GRANT SELECT ON orders TO ` + role + `;
 		ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
-		CREATE POLICY own ON orders FOR SELECT TO `+role+` USING (user_id = current_setting('request.jwt.claims', true)::jsonb ->> 'sub')`)
+		CREATE POLICY own ON orders FOR SELECT TO ` + role + ` USING (user_id = current_setting('request.jwt.claims', true)::jsonb ->> 'sub')`)
 	b.Cleanup(func() {
 		_, _ = e.pool.Exec(context.Background(), `DROP OWNED BY `+role)
 		_, _ = e.pool.Exec(context.Background(), `DROP ROLE IF EXISTS `+role)
