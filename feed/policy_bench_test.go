@@ -1,6 +1,7 @@
 package feed_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -93,7 +94,7 @@ func runPolicyBench(b *testing.B, mode string) {
 			if err := conn.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe","id":"s","table":"orders"}`)); err != nil {
 				b.Fatal(err)
 			}
-			if _, m, err := conn.Read(ctx); err != nil || !json.Valid(m) || string(m[:21]) != `{"type":"subscribed",` {
+			if _, m, err := conn.Read(ctx); err != nil || !bytes.Contains(m, []byte(`"type":"subscribed"`)) {
 				b.Fatalf("subscribe: %s %v", m, err)
 			}
 			wg.Add(1)

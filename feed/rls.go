@@ -12,8 +12,13 @@ import (
 // RLSChecker decides, for policies with rls: true, whether a subscriber
 // may see a row (subscriptions.RLS is one). An error counts as "no".
 type RLSChecker interface {
-	Visible(ctx context.Context, id subscriptions.Identity, t *subscriptions.Table, key []byte) (bool, error)
+	// Visible answers for each key (a JSON object of the key columns).
+	Visible(ctx context.Context, id subscriptions.Identity, t *subscriptions.Table, keys [][]byte) ([]bool, error)
 }
+
+// maxChecksPerQuery bounds how many waiting changes of a group one query
+// checks.
+const maxChecksPerQuery = 128
 
 // rlsGroup is the subscribers of one table that share a role and claims:
 // they see the same rows, so one check per change serves them all. Its
@@ -110,7 +115,8 @@ func (g *rlsGroup) enqueue(e *event, subs []*subscription) {
 	}
 }
 
-// run checks the waiting changes in order and delivers the visible ones.
+// run checks the waiting changes in order, many per query when they pile
+// up, and delivers the visible ones.
 func (g *rlsGroup) run() {
 	defer g.rls.wg.Done()
 	for {
@@ -121,40 +127,66 @@ func (g *rlsGroup) run() {
 			g.mu.Unlock()
 			return
 		}
-		j := g.jobs[0]
-		g.jobs[0] = rlsJob{}
-		g.jobs = g.jobs[1:]
+		n := min(len(g.jobs), maxChecksPerQuery)
+		jobs := make([]rlsJob, n)
+		copy(jobs, g.jobs)
+		clear(g.jobs[:n])
+		g.jobs = g.jobs[n:]
 		g.mu.Unlock()
-		e := j.e
-		switch e.op {
-		case "truncate":
-		case "delete":
-			// The row is gone: its visibility cannot be checked, and the
-			// old row could reveal what the subscriber may not see.
-			e = e.keyOnly()
-		default:
-			if !g.visible(g.rls.ctx, e) {
+
+		events := make([]*event, n)
+		for i, j := range jobs {
+			events[i] = j.e
+		}
+		for i, e := range g.filter(g.rls.ctx, events) {
+			if e == nil {
 				continue
 			}
-		}
-		for _, s := range j.subs {
-			s.deliver(e)
+			for _, s := range jobs[i].subs {
+				s.deliver(e)
+			}
 		}
 	}
 }
 
-// visible runs one check; a failure is logged (never the token), counted,
-// and denies.
-func (g *rlsGroup) visible(ctx context.Context, e *event) bool {
-	g.rls.checks.Add(1)
-	ok, err := g.rls.checker.Visible(ctx, g.id, g.table, e.key)
-	if err != nil {
-		g.rls.errors.Add(1)
-		if ctx.Err() == nil {
-			g.rls.log.Warn("row-level security check failed; the change is withheld from this group",
-				"table", g.table.Name, "role", g.id.Role, "cursor", e.cursor.String(), "err", err)
+// filter returns what each event looks like to the group: itself when the
+// group may see it, nil when not, key only for a delete (the row is gone:
+// its visibility cannot be checked, and the old row could reveal what the
+// subscriber may not see). One query checks all the inserts and updates; a
+// failure is logged (never the token), counted, and denies them all.
+func (g *rlsGroup) filter(ctx context.Context, events []*event) []*event {
+	out := make([]*event, len(events))
+	var keys [][]byte
+	var idx []int
+	for i, e := range events {
+		switch e.op {
+		case "truncate":
+			out[i] = e
+		case "delete":
+			out[i] = e.keyOnly()
+		default:
+			keys = append(keys, e.key)
+			idx = append(idx, i)
 		}
-		return false
 	}
-	return ok
+	if len(keys) == 0 {
+		return out
+	}
+	g.rls.checks.Add(int64(len(keys)))
+	visible, err := g.rls.checker.Visible(ctx, g.id, g.table, keys)
+	if err != nil {
+		g.rls.errors.Add(int64(len(keys)))
+		if ctx.Err() == nil {
+			g.rls.log.Warn("row-level security check failed; the changes are withheld from this group",
+				"table", g.table.Name, "role", g.id.Role, "changes", len(keys),
+				"from", events[idx[0]].cursor.String(), "err", err)
+		}
+		return out
+	}
+	for k, i := range idx {
+		if visible[k] {
+			out[i] = events[i]
+		}
+	}
+	return out
 }

@@ -547,8 +547,8 @@ func (s *Server) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintf(w, "# HELP pgfeed_deliveries_total Changes handed to connection queues.\n# TYPE pgfeed_deliveries_total counter\npgfeed_deliveries_total %d\n", s.hub.delivered.Load())
 	fmt.Fprintf(w, "# HELP pgfeed_slow_consumers_total Connections closed because they fell behind.\n# TYPE pgfeed_slow_consumers_total counter\npgfeed_slow_consumers_total %d\n", s.slow.Load())
 	if r := s.hub.rls; r != nil {
-		fmt.Fprintf(w, "# HELP pgfeed_rls_checks_total Row-level security checks run (one per change per group of subscribers sharing role and claims).\n# TYPE pgfeed_rls_checks_total counter\npgfeed_rls_checks_total %d\n", r.checks.Load())
-		fmt.Fprintf(w, "# HELP pgfeed_rls_errors_total Row-level security checks that failed; the change was withheld from that group.\n# TYPE pgfeed_rls_errors_total counter\npgfeed_rls_errors_total %d\n", r.errors.Load())
+		fmt.Fprintf(w, "# HELP pgfeed_rls_checks_total Changes checked under row-level security, once per group of subscribers sharing table, role and claims (many per query when they pile up).\n# TYPE pgfeed_rls_checks_total counter\npgfeed_rls_checks_total %d\n", r.checks.Load())
+		fmt.Fprintf(w, "# HELP pgfeed_rls_errors_total Changes whose row-level security check failed; they were withheld from that group.\n# TYPE pgfeed_rls_errors_total counter\npgfeed_rls_errors_total %d\n", r.errors.Load())
 	}
 	fmt.Fprintf(w, "# HELP pgfeed_stream_tick The tick the stream has reached.\n# TYPE pgfeed_stream_tick gauge\npgfeed_stream_tick %d\n", pos.Tick)
 }

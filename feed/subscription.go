@@ -83,14 +83,8 @@ func (s *subscription) replay(ctx context.Context, events []*event) error {
 			continue
 		}
 		if g != nil {
-			switch e.op {
-			case "truncate":
-			case "delete":
-				e = e.keyOnly()
-			default:
-				if !g.visible(ctx, e) {
-					continue
-				}
+			if e = g.filter(ctx, []*event{e})[0]; e == nil {
+				continue
 			}
 		}
 		if !s.q.pushWait(ctx.Done(), item{sub: s.id, body: e.json(proj), change: true, cursor: e.cursor}) {

@@ -35,11 +35,11 @@ func GroupKey(id Identity) string {
 	return id.Role + "\x00" + string(claims)
 }
 
-// Visible reports whether the row of t with key (a JSON object of the key
-// columns) is visible to id. An error means the check failed (a policy
-// that raises, a missing privilege, a timeout); the caller must treat the
-// row as not visible.
-func (r *RLS) Visible(ctx context.Context, id Identity, t *Table, key []byte) (bool, error) {
+// Visible reports, for each key (a JSON object of t's key columns), whether
+// that row of t is visible to id: one query for all of them. An error means
+// the check failed (a policy that raises, a missing privilege, a timeout);
+// the caller must treat the rows as not visible.
+func (r *RLS) Visible(ctx context.Context, id Identity, t *Table, keys [][]byte) ([]bool, error) {
 	timeout := r.Timeout
 	if timeout == 0 {
 		timeout = 2 * time.Second
@@ -48,13 +48,17 @@ func (r *RLS) Visible(ctx context.Context, id Identity, t *Table, key []byte) (b
 	defer cancel()
 	claims, err := json.Marshal(id.Claims)
 	if err != nil {
-		return false, fmt.Errorf("rls: claims: %w", err)
+		return nil, fmt.Errorf("rls: claims: %w", err)
 	}
 	query, err := r.query(t)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	var visible bool
+	args := make([]string, len(keys))
+	for i, k := range keys {
+		args[i] = string(k)
+	}
+	var visible []bool
 	err = pgx.BeginTxFunc(ctx, r.Pool, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
 		// The role comes from a policy's roles list (Authorize checked the
@@ -62,18 +66,22 @@ func (r *RLS) Visible(ctx context.Context, id Identity, t *Table, key []byte) (b
 		b.Queue("SET LOCAL ROLE " + pgx.Identifier{id.Role}.Sanitize())
 		b.Queue(`SELECT set_config('request.jwt.claims', $1, true), set_config('statement_timeout', $2, true)`,
 			string(claims), fmt.Sprintf("%dms", timeout.Milliseconds()))
-		b.Queue(query, string(key)).QueryRow(func(row pgx.Row) error { return row.Scan(&visible) })
+		b.Queue(query, args).QueryRow(func(row pgx.Row) error { return row.Scan(&visible) })
 		return tx.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
-		return false, fmt.Errorf("rls check on %s as role %q: %w", t.Name, id.Role, err)
+		return nil, fmt.Errorf("rls check on %s as role %q: %w", t.Name, id.Role, err)
+	}
+	if len(visible) != len(keys) {
+		return nil, fmt.Errorf("rls check on %s: %d answers for %d rows", t.Name, len(visible), len(keys))
 	}
 	return visible, nil
 }
 
-// query builds (once per table) the statement that reads a row by key:
-// the key's JSON is turned into the table's row type, so the comparison
-// uses the columns' own types and the primary key index.
+// query builds (once per table) the statement that reads rows by key: each
+// key's JSON is turned into the table's row type, so the comparison uses
+// the columns' own types and the primary key index; the answer is one
+// boolean per key, in order.
 func (r *RLS) query(t *Table) (string, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -90,8 +98,8 @@ func (r *RLS) query(t *Table) (string, error) {
 		col := pgx.Identifier{k}.Sanitize()
 		conds[i] = "t." + col + " = k." + col
 	}
-	q := "SELECT EXISTS (SELECT 1 FROM " + tbl + " t, jsonb_populate_record(NULL::" + tbl + ", $1::jsonb) k WHERE " +
-		strings.Join(conds, " AND ") + ")"
+	q := "SELECT coalesce(array_agg((SELECT EXISTS (SELECT 1 FROM " + tbl + " t, jsonb_populate_record(NULL::" + tbl + ", x.j) k WHERE " +
+		strings.Join(conds, " AND ") + ")) ORDER BY x.n), '{}') FROM unnest($1::jsonb[]) WITH ORDINALITY AS x(j, n)"
 	if r.queries == nil {
 		r.queries = map[string]string{}
 	}
