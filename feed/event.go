@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +30,31 @@ type event struct {
 	mu      sync.Mutex
 	encoded map[string][]byte // guarded by mu: projection key -> full event JSON
 	bare    *event            // guarded by mu: the key-only version (deletes under RLS)
+	keyOld  *event            // guarded by mu: old cut to the key (updates under RLS)
+}
+
+// withKeyOld returns the event with its old row cut to the key columns:
+// what an update looks like under row-level security, which checks only
+// the row as it is now, not the version it replaced.
+func (e *event) withKeyOld() *event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.keyOld == nil {
+		keys, _ := parseFields(e.key)
+		var old fields
+		if e.old != nil {
+			old = fields{}
+			for _, f := range e.old {
+				for _, k := range keys {
+					if k.name == f.name {
+						old = append(old, f)
+					}
+				}
+			}
+		}
+		e.keyOld = &event{cursor: e.cursor, table: e.table, op: e.op, key: e.key, new: e.new, old: old, time: e.time, match: e.match}
+	}
+	return e.keyOld
 }
 
 // keyOnly returns the event without its rows: what a delete looks like to
@@ -47,8 +71,9 @@ func (e *event) keyOnly() *event {
 
 // field is one column of a row as to_jsonb rendered it, order kept.
 type field struct {
-	name string
-	raw  []byte // compact JSON value
+	name  string
+	qname []byte // name as a JSON string
+	raw   []byte // compact JSON value
 }
 
 type fields []field
@@ -84,7 +109,7 @@ func parseFields(raw []byte) (fields, error) {
 		if err := json.Compact(&buf, v); err != nil {
 			return nil, err
 		}
-		fs = append(fs, field{name: name, raw: buf.Bytes()})
+		fs = append(fs, field{name: name, qname: appendJSONString(nil, name), raw: buf.Bytes()})
 	}
 	return fs, nil
 }
@@ -103,7 +128,7 @@ func (fs fields) appendJSON(b []byte, keep func(string) bool) []byte {
 			b = append(b, ',')
 		}
 		first = false
-		b = strconv.AppendQuote(b, f.name)
+		b = append(b, f.qname...)
 		b = append(b, ':')
 		b = append(b, f.raw...)
 	}
@@ -180,11 +205,11 @@ func (e *event) json(p projection) []byte {
 	}
 	b := make([]byte, 0, 128+len(e.key)+rowSize(e.new)+rowSize(e.old))
 	b = append(b, `{"cursor":`...)
-	b = strconv.AppendQuote(b, e.cursor.String())
+	b = appendJSONString(b, e.cursor.String())
 	b = append(b, `,"table":`...)
-	b = strconv.AppendQuote(b, e.table)
+	b = appendJSONString(b, e.table)
 	b = append(b, `,"op":`...)
-	b = strconv.AppendQuote(b, e.op)
+	b = appendJSONString(b, e.op)
 	b = append(b, `,"key":`...)
 	if e.key == nil {
 		b = append(b, "null"...)
@@ -203,6 +228,16 @@ func (e *event) json(p projection) []byte {
 	}
 	e.encoded[p.key] = b
 	return b
+}
+
+// appendJSONString appends s as a JSON string (strconv.Quote writes Go
+// escapes, which JSON does not have).
+func appendJSONString(b []byte, s string) []byte {
+	q, err := json.Marshal(s)
+	if err != nil { // not for a string
+		return append(b, `""`...)
+	}
+	return append(b, q...)
 }
 
 // size approximates the memory an event holds: the parsed rows, the

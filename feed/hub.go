@@ -54,6 +54,8 @@ type hub struct {
 
 	rls *rlsGroups // nil without an RLS checker
 
+	tick atomic.Int64 // pos.Tick, readable without mu; 0 until started
+
 	delivered atomic.Int64 // changes handed to queues
 }
 
@@ -71,14 +73,16 @@ func (h *hub) start(pos listener.Cursor) {
 	defer h.mu.Unlock()
 	if !h.started {
 		h.pos, h.histFrom, h.started = pos, pos, true
+		h.tick.Store(pos.Tick)
 	}
 }
 
 // position is where a subscription made now starts.
+// It reads a copy kept outside h.mu, so that health checks and metrics
+// answer while a large batch is being fanned out.
 func (h *hub) position() (listener.Cursor, bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.pos, h.started
+	tick := h.tick.Load()
+	return listener.Cursor{Tick: tick}, tick != 0
 }
 
 // dispatch is the listener's emit: it fans one batch out. It never blocks on
@@ -120,6 +124,7 @@ func (h *hub) dispatch(b listener.Batch) error {
 		h.remember(e)
 	}
 	h.pos = listener.Cursor{Tick: b.Tick.ID + 1}
+	h.tick.Store(h.pos.Tick)
 	return nil
 }
 
@@ -154,15 +159,22 @@ func (h *hub) historyAfter(c listener.Cursor) []*event {
 // subscribe registers s and starts it: from now when since is nil, or
 // replaying everything after *since first. announce is called exactly once,
 // under the hub's lock and so before any event of s is queued, with the
-// cursor the subscription starts from and whether since had expired (the
-// subscription then starts from now and the caller tells the client to
-// reset).
+// cursor the subscription starts from.
+//
+// A since older than what can be replayed (or invented) gets a reset: a
+// reset item is queued right after the announcement and the subscription
+// goes on from now. A replay cut short by pruning ends the same way: the
+// reset is queued after what was replayed and before the live changes that
+// waited. Any other replay failure (the connection went away, the store
+// failed) stops the subscription without queueing anything after the
+// replayed changes, and is returned: the client resumes from the last
+// change it got, with no gap.
 //
 // The replay runs on the caller's goroutine, pushing into the connection's
 // queue at the client's pace; live changes that arrive meanwhile wait in the
 // subscription's pending list and follow the replay with no gap and no
 // duplicate.
-func (h *hub) subscribe(ctx context.Context, s *subscription, since *listener.Cursor, announce func(start listener.Cursor, expired bool)) error {
+func (h *hub) subscribe(ctx context.Context, s *subscription, since *listener.Cursor, announce func(start listener.Cursor)) error {
 	expired := false
 	if since != nil {
 		h.mu.Lock()
@@ -188,20 +200,27 @@ func (h *hub) subscribe(ctx context.Context, s *subscription, since *listener.Cu
 			}
 		}
 	}
-
 	h.mu.Lock()
 	if !h.started {
 		h.mu.Unlock()
 		return errNotReady
 	}
+	if s.isStopped() { // unsubscribed before it started
+		h.mu.Unlock()
+		return errQueueClosed
+	}
 	pos := h.pos
+	reset := item{sub: s.idJSON, reset: true, cursor: pos}
 	if since == nil || !since.Less(pos) {
 		start := pos
 		if since != nil {
 			start = *since
 		}
 		s.after = start
-		announce(start, expired)
+		announce(start)
+		if expired {
+			s.q.push(reset)
+		}
 		h.index.Add(s.sub)
 		h.mu.Unlock()
 		return nil
@@ -209,7 +228,7 @@ func (h *hub) subscribe(ctx context.Context, s *subscription, since *listener.Cu
 	c := *since
 	s.after = c
 	s.beginReplay(pos)
-	announce(c, false)
+	announce(c)
 	h.index.Add(s.sub)
 	var fromMemory []*event
 	inMemory := !c.Less(h.histFrom)
@@ -225,14 +244,17 @@ func (h *hub) subscribe(ctx context.Context, s *subscription, since *listener.Cu
 	} else {
 		err = h.replayStored(ctx, s, c, histFrom)
 	}
-	if err != nil {
-		// Pruned while replaying, or the connection went away: the caller
-		// resets or ends the subscription.
-		s.endReplay(pos)
-		return err
+	switch {
+	case err == nil:
+		s.release(nil, listener.Cursor{})
+	case errors.Is(err, ErrCursorExpired):
+		s.release([]item{reset}, pos)
+		err = nil
+	default:
+		s.stop()
+		s.release(nil, listener.Cursor{})
 	}
-	s.endReplay(listener.Cursor{})
-	return nil
+	return err
 }
 
 var (
@@ -264,7 +286,9 @@ func (h *hub) checkFuture(ctx context.Context, c listener.Cursor) error {
 	if err != nil {
 		return fmt.Errorf("check cursor: %w", err)
 	}
-	if c.Tick > newest+1 {
+	// The batch after the newest tick is not cut yet: only its start is a
+	// position anyone can have been given.
+	if c.Tick > newest+1 || c.Tick == newest+1 && c.Pos > 0 {
 		return ErrCursorExpired
 	}
 	return nil
@@ -343,13 +367,16 @@ func (h *hub) unsubscribe(s *subscription) {
 	s.mu.Lock()
 	sub, g := s.sub, s.group
 	s.group = nil
+	s.stopped = true
+	s.pending = nil
 	s.mu.Unlock()
-	h.mu.Unlock()
+	// Under h.mu, with stopped set: a subscribe still on its way cannot
+	// add it back.
 	h.index.Remove(sub)
+	h.mu.Unlock()
 	if g != nil {
 		h.rls.leave(g)
 	}
-	s.stop()
 }
 
 // replace gives s a new filter, projection and RLS group (after a token
@@ -373,11 +400,21 @@ func (h *hub) replace(s *subscription, p *prepared) {
 	}
 	p.sub.Value = s
 	s.sub, s.proj, s.group = p.sub, newProjection(p.cols), g
+	if oldGroup != nil && oldGroup != g {
+		// Changes still waiting in the old group's checks must come
+		// before those of the new route: hold the new ones until the old
+		// group is through, then release them in stream order.
+		s.hold()
+	}
 	s.mu.Unlock()
 	h.index.Remove(old)
 	h.index.Add(p.sub)
 	h.mu.Unlock()
 	if oldGroup != nil {
+		if oldGroup != g {
+			oldGroup.barrier()
+			s.release(nil, listener.Cursor{})
+		}
 		h.rls.leave(oldGroup)
 	}
 }

@@ -3,6 +3,7 @@ package feed
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"time"
 
@@ -44,49 +45,31 @@ func (s *Server) servePoll(w http.ResponseWriter, r *http.Request) {
 
 	// The subscription (and its replay, which may be longer than one
 	// answer) runs beside the wait; it ends when the answer is written.
-	type started struct {
-		pos     listener.Cursor
-		expired bool
-	}
-	startc := make(chan started, 1)
+	startc := make(chan listener.Cursor, 1)
 	errc := make(chan error, 1)
 	go func() {
-		errc <- s.hub.subscribe(ctx, sub, p.since, func(pos listener.Cursor, expired bool) {
-			startc <- started{pos, expired}
-		})
+		errc <- s.hub.subscribe(ctx, sub, p.since, func(pos listener.Cursor) { startc <- pos })
 	}()
+	subDone := false
+	var subErr error
 	defer func() {
 		cancel()
-		<-errc
+		if !subDone {
+			<-errc
+		}
 		s.hub.unsubscribe(sub)
 	}()
 
-	var st started
-	select {
-	case st = <-startc:
-	case err := <-errc:
-		errc <- err // for the deferred wait
-		if err == nil {
-			st = <-startc // it started and returned at once (no replay)
-			break
-		}
-		if r.Context().Err() == nil {
-			s.cfg.Logger.Error("long poll", "table", p.table.Name, "err", err)
-			writeError(w, errorf("internal", "could not read changes"))
-		}
-		return
-	}
-	if st.expired {
-		writeError(w, errorf("cursor_expired", "the cursor is older than the retained changes (or unknown): refetch the state and poll without since"))
-		return
-	}
-
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
+	var start listener.Cursor
+	started := false
 	var changes []item
 	for done := false; !done; {
 		select {
 		case <-c.q.ready:
+		case subErr = <-errc:
+			subDone = true
 		case <-timer.C:
 			done = true
 		case <-r.Context().Done():
@@ -94,28 +77,61 @@ func (s *Server) servePoll(w http.ResponseWriter, r *http.Request) {
 		case <-s.closing:
 			done = true
 		}
+		if !started {
+			select {
+			case start = <-startc:
+				started = true
+			default:
+			}
+		}
+		if subDone && subErr != nil && len(changes) == 0 {
+			// Nothing was answered from this subscription: say why.
+			if errors.Is(subErr, errNotReady) {
+				writeError(w, errorf("unavailable", "the change stream is not ready yet; retry"))
+			} else if r.Context().Err() == nil {
+				s.cfg.Logger.Error("long poll", "table", p.table.Name, "err", subErr)
+				writeError(w, errorf("internal", "could not read changes; poll again"))
+			}
+			return
+		}
 		// Let a batch being fanned out finish, so that a transaction's
 		// changes are answered together.
 		s.hub.mu.Lock()
 		s.hub.mu.Unlock() //lint:ignore SA2001 an empty critical section is the point
-		var more []item
-		var reason string
-		more, reason = c.q.take(nil)
-		changes = append(changes, more...)
-		if reason == "slow_consumer" {
-			// More arrived than one answer holds: answer what we have.
-			done = true
+		more, reason := c.q.take(nil)
+		for _, it := range more {
+			if it.reset {
+				if len(changes) == 0 {
+					writeError(w, errorf("cursor_expired", "the cursor is older than the retained changes (or unknown): refetch the state and poll without since"))
+					return
+				}
+				done = true // answer what came before; the next poll gets the 409
+				break
+			}
+			if it.change {
+				changes = append(changes, it)
+			}
 		}
-		if len(changes) > 0 {
+		if reason == "slow_consumer" || len(changes) > 0 || subDone && subErr != nil {
+			// More than one answer holds, something to answer, or a
+			// replay that failed after some changes: answer them.
 			done = true
 		}
 	}
-	cursor := st.pos
+	if !started {
+		select {
+		case start = <-startc:
+		default:
+			// Not even started (the wait ran out first): the client polls
+			// again from where it was.
+			if p.since != nil {
+				start = *p.since
+			}
+		}
+	}
+	cursor := start
 	out := make([]json.RawMessage, 0, len(changes))
 	for _, it := range changes {
-		if !it.change {
-			continue
-		}
 		if len(out) == maxPollChanges {
 			break
 		}

@@ -8,13 +8,16 @@ import (
 
 // item is one message waiting for a connection's writer.
 type item struct {
-	sub  string // the subscription a change is for; "" for other messages
+	sub  []byte // the subscription a change is for, as a JSON string
 	body []byte // a change event (shared, read-only) or a whole message
 	// change reports whether body is a change event, which the transport
 	// frames with sub (WebSocket) or as an SSE event.
 	change bool
 	// cursor is the change's position (change items only).
 	cursor listener.Cursor
+	// reset tells the client of sub that its cursor has expired and the
+	// subscription goes on from now: it must refetch its state.
+	reset bool
 }
 
 // queue is a connection's bounded outgoing queue: many producers (the

@@ -40,6 +40,26 @@ type rlsGroup struct {
 type rlsJob struct {
 	e    *event
 	subs []*subscription
+	done chan struct{} // a barrier (e is nil): closed when the jobs before it are done
+}
+
+// barrier waits until every change enqueued before it has been delivered
+// (or the checks are shutting down).
+func (g *rlsGroup) barrier() {
+	done := make(chan struct{})
+	g.mu.Lock()
+	g.jobs = append(g.jobs, rlsJob{done: done})
+	start := !g.running
+	g.running = true
+	g.mu.Unlock()
+	if start {
+		g.rls.wg.Add(1)
+		go g.run()
+	}
+	select {
+	case <-done:
+	case <-g.rls.ctx.Done():
+	}
 }
 
 // rlsGroups owns the groups and their goroutines.
@@ -122,12 +142,27 @@ func (g *rlsGroup) run() {
 	for {
 		g.mu.Lock()
 		if len(g.jobs) == 0 || g.rls.ctx.Err() != nil {
+			for _, j := range g.jobs {
+				if j.done != nil {
+					close(j.done)
+				}
+			}
 			g.jobs = nil
 			g.running = false
 			g.mu.Unlock()
 			return
 		}
-		n := min(len(g.jobs), maxChecksPerQuery)
+		if j := g.jobs[0]; j.done != nil {
+			g.jobs[0] = rlsJob{}
+			g.jobs = g.jobs[1:]
+			g.mu.Unlock()
+			close(j.done)
+			continue
+		}
+		n := 0
+		for n < len(g.jobs) && n < maxChecksPerQuery && g.jobs[n].done == nil {
+			n++
+		}
 		jobs := make([]rlsJob, n)
 		copy(jobs, g.jobs)
 		clear(g.jobs[:n])
@@ -143,7 +178,9 @@ func (g *rlsGroup) run() {
 				continue
 			}
 			for _, s := range jobs[i].subs {
-				s.deliver(e)
+				if rlsMatches(s.current(), e) {
+					s.deliver(e)
+				}
 			}
 		}
 	}
@@ -184,9 +221,28 @@ func (g *rlsGroup) filter(ctx context.Context, events []*event) []*event {
 		return out
 	}
 	for k, i := range idx {
-		if visible[k] {
-			out[i] = events[i]
+		if !visible[k] {
+			continue
+		}
+		if e := events[i]; e.op == "update" {
+			out[i] = e.withKeyOld()
+		} else {
+			out[i] = e
 		}
 	}
 	return out
+}
+
+// rlsMatches decides a delete for a subscription under row-level security
+// on the key alone: matching the old row's other columns would let a
+// filter probe rows the subscriber may not see.
+func rlsMatches(sub *subscriptions.Sub, e *event) bool {
+	if e.op != "delete" {
+		return true
+	}
+	key, err := subscriptions.DecodeRow(e.key)
+	if err != nil {
+		return false
+	}
+	return sub.Filter.Match(key)
 }

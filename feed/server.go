@@ -207,14 +207,14 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	hs := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(l) }()
+	var serveErr error
 	select {
-	case err := <-errc:
-		s.shutdown()
-		return fmt.Errorf("serve: %w", err)
+	case serveErr = <-errc:
 	case <-ctx.Done():
 	}
 	s.shutdown()
@@ -229,6 +229,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		s.stopRLS()
 		s.hub.rls.wg.Wait()
 	}
+	if serveErr != nil {
+		return fmt.Errorf("serve: %w", serveErr)
+	}
 	if err != nil {
 		return fmt.Errorf("shut down: %w", err)
 	}
@@ -240,10 +243,14 @@ func (s *Server) shutdown() {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.mu.Lock()
+		conns := make([]*client, 0, len(s.conns))
 		for c := range s.conns {
-			c.q.close("going_away")
+			conns = append(conns, c)
 		}
 		s.mu.Unlock()
+		for _, c := range conns {
+			c.q.close("going_away")
+		}
 	})
 }
 
@@ -281,7 +288,8 @@ type client struct {
 	expires time.Time                // guarded by mu: when the token expires; zero: never
 	subs    map[string]*subscription // guarded by mu
 
-	reauth chan struct{} // one token: the identity (and expiry) changed
+	reauth  chan struct{}  // one token: the identity (and expiry) changed
+	replays sync.WaitGroup // WebSocket replays running beside the reader
 }
 
 func (s *Server) newClient(id identity) *client {
@@ -448,6 +456,20 @@ func (s *Server) prepare(ctx context.Context, id subscriptions.Identity, req req
 	if err != nil {
 		return nil, errorf("forbidden", "%s", err.Error())
 	}
+	// A filter or select on a column the policy withholds is refused
+	// first, whether or not the column exists, so that errors reveal
+	// nothing about hidden columns.
+	if grant.Columns != nil {
+		var named []string
+		for _, c := range strings.Split(req.sel, ",") {
+			if c = strings.TrimSpace(c); c != "" && c != "*" {
+				named = append(named, c)
+			}
+		}
+		if _, _, err := grant.Apply(req.filter, named); err != nil {
+			return nil, errorf("forbidden", "%s", err.Error())
+		}
+	}
 	if err := req.filter.Check(t); err != nil {
 		return nil, errorf("bad_request", "%s", err.Error())
 	}
@@ -459,8 +481,7 @@ func (s *Server) prepare(ctx context.Context, id subscriptions.Identity, req req
 	if err != nil {
 		return nil, errorf("bad_request", "%s", err.Error())
 	}
-	// The grant's filter is ANDed in; a filter or select on a column the
-	// policy withholds is refused, as it would reveal the column.
+	// The grant's filter is ANDed in, its columns cut the projection.
 	filter, cols, err := grant.Apply(req.filter, sel)
 	if err != nil {
 		return nil, errorf("forbidden", "%s", err.Error())
@@ -528,7 +549,9 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()
 		if err := s.cfg.Ready(ctx); err != nil {
-			writeError(w, errorf("unavailable", "%s", err.Error()))
+			// The details (hosts, users) are for the log, not the world.
+			s.cfg.Logger.Warn("not ready", "err", err)
+			writeError(w, errorf("unavailable", "the database is unreachable"))
 			return
 		}
 	}

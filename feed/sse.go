@@ -4,17 +4,22 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/pgfeed/pgfeed/listener"
 	"github.com/pgfeed/pgfeed/subscriptions"
 )
 
-// reserved query parameters: everything else is a filter condition.
-var reserved = []string{"events", "select", "since", "access_token", "wait"}
+// reserved query parameters: everything else is a filter condition (wait
+// only for long polling, where it is a parameter of its own).
+var (
+	reservedSSE  = []string{"events", "select", "since", "access_token"}
+	reservedPoll = []string{"events", "select", "since", "access_token", "wait"}
+)
 
 // httpRequest reads a subscription from an SSE or long-poll URL.
-func httpRequest(r *http.Request) (request, *apiError) {
+func httpRequest(r *http.Request, reserved []string) (request, *apiError) {
 	q := r.URL.Query()
 	filter, err := subscriptions.FilterFromQuery(q, reserved)
 	if err != nil {
@@ -47,7 +52,11 @@ func (s *Server) prepareHTTP(w http.ResponseWriter, r *http.Request, adjust func
 		writeError(w, aerr)
 		return nil, id, false
 	}
-	req, aerr := httpRequest(r)
+	reserved := reservedSSE
+	if strings.HasPrefix(r.URL.Path, "/v1/changes/") {
+		reserved = reservedPoll
+	}
+	req, aerr := httpRequest(r, reserved)
 	if aerr != nil {
 		writeError(w, aerr)
 		return nil, id, false
@@ -102,15 +111,19 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		s.sseWriter(ctx, w, flusher, r, c)
 	}()
-	err := s.hub.subscribe(ctx, sub, p.since, func(start listener.Cursor, expired bool) {
-		c.q.push(item{body: []byte(": subscribed " + start.String() + "\n\n")})
-		if expired {
-			c.q.push(item{body: []byte("event: reset\ndata: {\"reason\":\"cursor_expired\"}\n\n")})
-		}
+	err := s.hub.subscribe(ctx, sub, p.since, func(start listener.Cursor) {
+		// The id makes a reconnecting EventSource resume from here even
+		// before the first change.
+		c.q.push(item{body: []byte(": subscribed\nid: " + start.String() + "\n\n")})
 	})
-	if errors.Is(err, ErrCursorExpired) {
-		c.q.push(item{body: []byte("event: reset\ndata: {\"reason\":\"cursor_expired\"}\n\n")})
-	} else if err != nil && ctx.Err() == nil && !errors.Is(err, errQueueClosed) {
+	switch {
+	case err == nil, ctx.Err() != nil, errors.Is(err, errQueueClosed):
+	case errors.Is(err, errNotReady):
+		c.q.push(item{body: []byte("event: error\ndata: {\"error\":\"unavailable\"}\n\n")})
+		c.q.close("unavailable")
+	default:
+		// End the stream: the client reconnects with Last-Event-ID, the
+		// last change it got, with no gap.
 		s.cfg.Logger.Error("subscribe", "table", p.table.Name, "err", err)
 		c.q.close("internal")
 	}
@@ -159,7 +172,9 @@ func (s *Server) sseWriter(ctx context.Context, w http.ResponseWriter, flusher h
 		buf, reason = c.q.take(buf)
 		for _, it := range buf {
 			ok := true
-			if it.change {
+			if it.reset {
+				ok = write([]byte("id: "), []byte(it.cursor.String()), []byte("\nevent: reset\ndata: {\"reason\":\"cursor_expired\"}\n\n"))
+			} else if it.change {
 				ok = write([]byte("id: "), []byte(it.cursor.String()), []byte("\nevent: change\ndata: "), it.body, []byte("\n\n"))
 			} else {
 				ok = write(it.body)

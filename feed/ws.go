@@ -60,7 +60,13 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		defer cancel() // the writer ending (slow client, shutdown) ends the reader
 		s.wsWriter(ctx, conn, c)
 	}()
-	s.wsReader(ctx, conn, c)
+	// The reader and the replays it starts get their own context, ended
+	// with the reader; the writer goes on to send what is queued (an error,
+	// a close reason) until the queue closes.
+	rctx, rcancel := context.WithCancel(ctx)
+	s.wsReader(rctx, conn, c)
+	rcancel()
+	c.replays.Wait()
 	s.endAll(c)
 	c.q.close("closed")
 	<-writerDone
@@ -150,42 +156,57 @@ func (s *Server) wsSubscribe(ctx context.Context, c *client, m wsMessage) {
 		s.wsError(c, m.ID, aerr)
 		return
 	}
+	sub := s.hub.newSubscription(id, c.q, p)
+	sub.req = req
 	c.mu.Lock()
 	if _, dup := c.subs[id]; dup {
 		c.mu.Unlock()
+		s.hub.unsubscribe(sub)
 		s.wsError(c, m.ID, errorf("bad_request", "subscription %q exists already", id))
 		return
 	}
 	if len(c.subs) >= s.cfg.MaxSubscriptions {
 		c.mu.Unlock()
+		s.hub.unsubscribe(sub)
 		s.wsError(c, m.ID, errorf("rate_limited", "at most %d subscriptions per connection", s.cfg.MaxSubscriptions))
 		return
 	}
-	sub := s.hub.newSubscription(id, c.q, p)
-	sub.req = req
 	c.subs[id] = sub
 	c.mu.Unlock()
 
-	err = s.hub.subscribe(ctx, sub, p.since, func(start listener.Cursor, expired bool) {
-		s.wsSend(c, map[string]any{"type": "subscribed", "id": id, "cursor": start.String()})
-		if expired {
-			s.wsSend(c, map[string]any{"type": "reset", "sub": id, "reason": "cursor_expired"})
+	start := func() {
+		err := s.hub.subscribe(ctx, sub, p.since, func(start listener.Cursor) {
+			s.wsSend(c, map[string]any{"type": "subscribed", "id": id, "cursor": start.String()})
+		})
+		if err == nil {
+			return
 		}
-	})
-	switch {
-	case err == nil:
-	case errors.Is(err, ErrCursorExpired):
-		s.wsSend(c, map[string]any{"type": "reset", "sub": id, "reason": "cursor_expired"})
-	default:
 		c.mu.Lock()
-		delete(c.subs, id)
+		if c.subs[id] == sub {
+			delete(c.subs, id)
+		}
 		c.mu.Unlock()
 		s.hub.unsubscribe(sub)
-		if ctx.Err() == nil && !errors.Is(err, errQueueClosed) {
+		switch {
+		case ctx.Err() != nil, errors.Is(err, errQueueClosed):
+		case errors.Is(err, errNotReady):
+			s.wsError(c, m.ID, errorf("unavailable", "the change stream is not ready yet; retry"))
+		default:
 			s.cfg.Logger.Error("subscribe", "table", p.table.Name, "err", err)
-			s.wsError(c, m.ID, errorf("internal", "could not start the subscription"))
+			s.wsError(c, m.ID, errorf("internal", "the subscription failed; subscribe again from the last cursor received"))
 		}
 	}
+	if p.since == nil {
+		start()
+		return
+	}
+	// A replay may take long: it runs beside the reader, which keeps
+	// answering pings, unsubscribes and tokens meanwhile.
+	c.replays.Add(1)
+	go func() {
+		defer c.replays.Done()
+		start()
+	}()
 }
 
 // wsAuth replaces the connection's identity with the token's. Each
@@ -326,6 +347,10 @@ var changePrefix = []byte(`{"type":"change","sub":`)
 func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, it item) error {
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
+	if it.reset {
+		msg := append(append([]byte(`{"type":"reset","sub":`), it.sub...), `,"reason":"cursor_expired"}`...)
+		return conn.Write(wctx, websocket.MessageText, msg)
+	}
 	if !it.change {
 		return conn.Write(wctx, websocket.MessageText, it.body)
 	}
@@ -334,9 +359,9 @@ func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, it item) err
 	if err != nil {
 		return err
 	}
-	head := make([]byte, 0, len(changePrefix)+len(it.sub)+3)
+	head := make([]byte, 0, len(changePrefix)+len(it.sub)+1)
 	head = append(head, changePrefix...)
-	head = strconv.AppendQuote(head, it.sub)
+	head = append(head, it.sub...)
 	head = append(head, ',')
 	if _, err := wr.Write(head); err != nil {
 		return err

@@ -208,6 +208,18 @@ func (s *Source) readNew(ctx context.Context, conn *pgx.Conn, emit func(Batch) e
 	n := 0
 	for id := last + 1; id <= t.ID; id++ {
 		b, err := ReadBatch(ctx, conn, id)
+		if errors.Is(err, ErrTickGone) {
+			// This node fell further behind than the retention period (it
+			// was stopped, or cut off, that long): the batches are gone.
+			// Reconnecting would not bring them back; go on from the
+			// newest tick, loudly.
+			s.cfg.Logger.Error("change log pruned past this node's position: changes were skipped",
+				"from_tick", id, "to_tick", t.ID)
+			s.mu.Lock()
+			s.last = t.ID
+			s.mu.Unlock()
+			return n, nil
+		}
 		if err != nil {
 			return n, err
 		}

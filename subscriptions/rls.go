@@ -29,10 +29,21 @@ type RLS struct {
 }
 
 // GroupKey identifies the subscribers that see the same rows under RLS: the
-// same role and the same claims.
+// same role and the same claims, leaving out the claims that differ from
+// one token of a user to the next (exp, iat, nbf, jti, auth_time), so that
+// a user's refreshed token and their other sessions share one group. An
+// RLS policy must not depend on those.
 func GroupKey(id Identity) string {
-	claims, _ := json.Marshal(id.Claims) // map keys are sorted: canonical
-	return id.Role + "\x00" + string(claims)
+	claims := make(map[string]any, len(id.Claims))
+	for k, v := range id.Claims {
+		switch k {
+		case "exp", "iat", "nbf", "jti", "auth_time":
+		default:
+			claims[k] = v
+		}
+	}
+	b, _ := json.Marshal(claims) // map keys are sorted: canonical
+	return id.Role + "\x00" + string(b)
 }
 
 // Visible reports, for each key (a JSON object of t's key columns), whether

@@ -38,22 +38,26 @@ func parseJWKS(data []byte) (map[string]any, []any, error) {
 	}
 	keys := map[string]any{}
 	var anon []any
+	var skipped []string
 	for i, k := range set.Keys {
 		if k.Use != "" && k.Use != "sig" {
 			continue
 		}
 		pub, err := k.public()
-		if errors.Is(err, errSkip) {
-			continue
-		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("key %d (kid %q): %w", i, k.Kid, err)
+			// One unusable key (too short, malformed, of a kind pgfeed
+			// does not use) must not take the others down with it.
+			skipped = append(skipped, fmt.Sprintf("key %d (kid %q): %v", i, k.Kid, err))
+			continue
 		}
 		if k.Kid == "" {
 			anon = append(anon, pub)
 		} else {
 			keys[k.Kid] = pub
 		}
+	}
+	if len(keys) == 0 && len(anon) == 0 && len(skipped) > 0 {
+		return nil, nil, fmt.Errorf("no usable key: %s", skipped[0])
 	}
 	return keys, anon, nil
 }

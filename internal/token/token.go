@@ -140,24 +140,13 @@ func reason(err error) string {
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
 		return "the signature does not verify"
 	case errors.Is(err, jwt.ErrTokenUnverifiable):
-		return "the token cannot be verified: " + lastPart(err)
+		// The cause (an unknown key id, a JWKS that could not be fetched)
+		// is for the server's log, not for whoever sent the token.
+		return "no key to verify the token with (unknown key id or algorithm)"
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return "the token is malformed"
 	default:
 		return "the token is not acceptable"
-	}
-}
-
-func lastPart(err error) string {
-	for {
-		u := errors.Unwrap(err)
-		if u == nil {
-			return err.Error()
-		}
-		if _, ok := u.(interface{ Unwrap() []error }); ok {
-			return err.Error()
-		}
-		err = u
 	}
 }
 
@@ -173,7 +162,9 @@ func (v *Verifier) key(ctx context.Context, t *jwt.Token) (any, error) {
 	kid, _ := t.Header["kid"].(string)
 	k, err := v.lookup(kid, alg)
 	if errors.Is(err, errUnknownKey) && v.cfg.JWKSURL != "" && v.refetchDue() {
-		if ferr := v.fetch(ctx); ferr != nil {
+		// Not the request's context: a client hanging up must not cancel
+		// the one refetch the rate limit allows.
+		if ferr := v.fetch(context.WithoutCancel(ctx)); ferr != nil {
 			return nil, fmt.Errorf("fetch JWKS: %w", ferr)
 		}
 		k, err = v.lookup(kid, alg)

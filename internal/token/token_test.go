@@ -157,8 +157,8 @@ func TestMatrix(t *testing.T) {
 		"malformed":     {"not.a.token", "malformed"},
 		"empty":         {"", "malformed"},
 		"garbage":       {strings.Repeat("x", 5000), "malformed"},
-		"key/alg swap":  {sign(t, jwt.SigningMethodES256, "r1", k.ec, claims(nil)), "not a key for ES256"},
-		"unknown kid":   {sign(t, jwt.SigningMethodRS256, "nope", k.rsa, claims(nil)), "kid"},
+		"key/alg swap":  {sign(t, jwt.SigningMethodES256, "r1", k.ec, claims(nil)), "no key to verify"},
+		"unknown kid":   {sign(t, jwt.SigningMethodRS256, "nope", k.rsa, claims(nil)), "no key to verify"},
 	}
 	for name, c := range invalid {
 		_, err := v.Verify(ctx, c.tok)
