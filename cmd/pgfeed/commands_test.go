@@ -48,15 +48,14 @@ func TestUsageErrors(t *testing.T) {
 	}
 }
 
-func TestNotAvailableYet(t *testing.T) {
-	for _, cmd := range []string{"bench"} {
-		r := pgfeed(t, cmd)
-		r.wantCode(t, 2)
-		if !strings.Contains(r.stderr, cmd+" is not available yet in this version") {
-			t.Errorf("%s: stderr %q", cmd, r.stderr)
-		}
-		if r.stdout != "" {
-			t.Errorf("%s: printed %q on stdout", cmd, r.stdout)
+// TestBenchNeedsAName: pgfeed bench alone is a usage error naming the
+// benches.
+func TestBenchNeedsAName(t *testing.T) {
+	r := pgfeed(t, "bench")
+	r.wantCode(t, 2)
+	for _, name := range []string{"latency", "fanout", "idle"} {
+		if !strings.Contains(r.stderr, name) {
+			t.Errorf("stderr %q does not name %s", r.stderr, name)
 		}
 	}
 }

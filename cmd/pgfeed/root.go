@@ -191,14 +191,7 @@ func (a *app) versionCmd() *cobra.Command {
 }
 
 func (a *app) benchCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "bench",
-		Short: "Run the benchmark suite (not available yet)",
-		Args:  cobra.ArbitraryArgs,
-		RunE: func(*cobra.Command, []string) error {
-			return &usageError{msg: "bench is not available yet in this version (the benchmark suite comes with the performance work)"}
-		},
-	}
+	return a.newBenchCmd()
 }
 
 // oneLine folds a possibly multi-line message into one line.

@@ -1,0 +1,219 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgfeed/pgfeed/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// buildPgfeed builds the pgfeed binary to run as the server under test (the
+// test binary itself cannot serve).
+func buildPgfeed(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		t.Fatalf("module root not found at %s: %v", root, err)
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skipf("the go command is needed to build pgfeed: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "pgfeed")
+	cmd := exec.Command(goBin, "build", "-o", bin, "./cmd/pgfeed")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/pgfeed: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// testLog passes progress lines to t.Log.
+type testLog struct {
+	t  *testing.T
+	mu sync.Mutex
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func TestBenches(t *testing.T) {
+	bin := buildPgfeed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	live := func(t *testing.T, run func(context.Context, Options) (*LiveReport, error), subs int) {
+		o := Options{
+			Server:      bin,
+			DatabaseURL: pgtest.NewDB(t),
+			Subscribers: subs,
+			Rate:        50,
+			Duration:    2 * time.Second,
+			Warmup:      500 * time.Millisecond,
+			Log:         &testLog{t: t},
+		}
+		rep, err := run(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var text bytes.Buffer
+		rep.WriteText(&text)
+		t.Log("\n" + text.String())
+		if len(rep.Problems) > 0 {
+			t.Errorf("problems: %q", rep.Problems)
+		}
+		const committed = 50 * 5 / 2 // 50/s for 2.5 s
+		if rep.Committed != committed {
+			t.Errorf("committed %d changes, want %d", rep.Committed, committed)
+		}
+		if rep.ReceivedMin != committed || rep.ReceivedMax != committed {
+			t.Errorf("each subscriber received between %d and %d distinct changes, want %d", rep.ReceivedMin, rep.ReceivedMax, committed)
+		}
+		if rep.Deliveries != committed*int64(subs) || rep.Lost != 0 || rep.Duplicates != 0 || rep.Unexpected != 0 || rep.CutOff != 0 {
+			t.Errorf("deliveries %d (want %d), lost %d, duplicates %d, unexpected %d, cut off %d",
+				rep.Deliveries, committed*int64(subs), rep.Lost, rep.Duplicates, rep.Unexpected, rep.CutOff)
+		}
+		if rep.Measured != 100 || rep.Latency.Samples != rep.Measured*int64(subs) {
+			t.Errorf("measured %d changes and %d latency samples, want 100 and %d", rep.Measured, rep.Latency.Samples, 100*subs)
+		}
+		if rep.WriteRate <= 0 || rep.DeliveriesPerSecond <= 0 || rep.Latency.P50 <= 0 || rep.Latency.P99 < rep.Latency.P50 || rep.Latency.Max < rep.Latency.P99 {
+			t.Errorf("figures not sane: write rate %v, deliveries/s %v, latency %v", rep.WriteRate, rep.DeliveriesPerSecond, rep.Latency)
+		}
+		if rep.Server.Exit != "clean" || rep.Server.Deliveries != rep.Deliveries {
+			t.Errorf("server exit %q, server deliveries %d (want %d)", rep.Server.Exit, rep.Server.Deliveries, rep.Deliveries)
+		}
+		if rep.Machine.Cores <= 0 || rep.Machine.PostgreSQL == "" || rep.Machine.GoVersion == "" {
+			t.Errorf("machine facts missing: %+v", rep.Machine)
+		}
+	}
+	t.Run("latency", func(t *testing.T) { live(t, Latency, 5) })
+	t.Run("fanout", func(t *testing.T) { live(t, Fanout, 20) })
+
+	t.Run("idle", func(t *testing.T) {
+		rep, err := Idle(ctx, Options{
+			Server:      bin,
+			DatabaseURL: pgtest.NewDB(t),
+			Connections: 50,
+			Settle:      300 * time.Millisecond,
+			Log:         &testLog{t: t},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var text bytes.Buffer
+		rep.WriteText(&text)
+		t.Log("\n" + text.String())
+		if len(rep.Problems) > 0 {
+			t.Errorf("problems: %q", rep.Problems)
+		}
+		if rep.ServerConnections != 50 || rep.ServerSubscriptions != 50 {
+			t.Errorf("server counts %d connections and %d subscriptions, want 50", rep.ServerConnections, rep.ServerSubscriptions)
+		}
+		if rep.RSSBeforeBytes <= 0 || rep.RSSAfterBytes <= 0 || rep.RSSPerConnection <= 0 {
+			t.Errorf("memory figures not sane: before %d, after %d, per connection %v", rep.RSSBeforeBytes, rep.RSSAfterBytes, rep.RSSPerConnection)
+		}
+		if rep.Server.Exit != "clean" {
+			t.Errorf("server exit %q", rep.Server.Exit)
+		}
+	})
+}
+
+func TestParseID(t *testing.T) {
+	tests := []struct {
+		msg  string
+		id   int64
+		want bool
+	}{
+		{`{"type":"change","sub":"s1","cursor":"x","table":"public.bench_events","op":"insert","key":{"id":42},"new":{"id":42}}`, 42, true},
+		{`{"type":"change","key":{"id":1}}`, 1, true},
+		{`{"type":"change","key":{"id":"a"}}`, 0, false},
+		{`{"type":"change","key":null}`, 0, false},
+		{`{"type":"change","key":{"id":1234567890123456789012}}`, 0, false},
+	}
+	for _, tt := range tests {
+		id, ok := parseID([]byte(tt.msg))
+		if id != tt.id || ok != tt.want {
+			t.Errorf("parseID(%s) = %d, %v; want %d, %v", tt.msg, id, ok, tt.id, tt.want)
+		}
+	}
+}
+
+func FuzzParseID(f *testing.F) {
+	f.Add([]byte(`{"type":"change","key":{"id":42}}`))
+	f.Add([]byte(`"key":{"id":`))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if id, ok := parseID(msg); ok && id < 0 {
+			t.Fatalf("negative id %d", id)
+		}
+	})
+}
+
+func TestLatencyStats(t *testing.T) {
+	us := make([]int32, 0, 1000)
+	for i := 1000; i >= 1; i-- {
+		us = append(us, int32(i*1000)) // 1..1000 ms
+	}
+	us = append(us, -500)
+	l := latencyStats(us)
+	if l.Samples != 1001 || l.Early != 1 || l.Min != -0.5 || l.Max != 1000 || l.P50 != 500 || l.P90 != 900 || l.P99 != 990 {
+		t.Errorf("latencyStats = %+v", l)
+	}
+}
+
+func TestParseMetrics(t *testing.T) {
+	m := parseMetrics([]byte("# HELP x y\n# TYPE x gauge\npgfeed_connections 12\npgfeed_slow_consumers_total 3\n"))
+	if m["pgfeed_connections"] != 12 || m["pgfeed_slow_consumers_total"] != 3 {
+		t.Errorf("parseMetrics = %v", m)
+	}
+}
+
+// TestAnalyzeLoss checks how missing changes are told apart: a change is
+// lost when one sent after its COMMIT returned arrived, and undelivered
+// otherwise.
+func TestAnalyzeLoss(t *testing.T) {
+	ms := time.Millisecond
+	w := &writerProc{
+		// id:           1      2       3       4
+		begins:  []time.Duration{0, 1 * ms, 2 * ms, 10 * ms, 11 * ms},
+		commits: []time.Duration{0, 3 * ms, 4 * ms, 12 * ms, 13 * ms},
+	}
+	recv := func(ids ...int64) *subscriber {
+		s := &subscriber{recv: make([]uint32, 5)}
+		for _, id := range ids {
+			s.recv[id] = uint32(20*ms/time.Microsecond) + 1
+			s.messages++
+		}
+		return s
+	}
+	subs := []*subscriber{
+		recv(1, 2, 3, 4), // everything
+		recv(1, 3),       // 2 lost: 3 was sent after 2 committed; 4 undelivered
+		recv(1, 2),       // 3 and 4 undelivered
+		recv(3, 4),       // 1 and 2 lost
+	}
+	rep := &LiveReport{Problems: []string{}}
+	analyze(rep, w, subs, 0, 0, time.Second, time.Second)
+	if rep.Committed != 4 || rep.Lost != 3 || rep.Undelivered != 3 || rep.ReceivedMin != 2 || rep.ReceivedMax != 4 || rep.Latency.Samples != 10 {
+		t.Errorf("committed %d, lost %d, undelivered %d, received %d..%d, samples %d; want 4, 3, 3, 2..4, 10",
+			rep.Committed, rep.Lost, rep.Undelivered, rep.ReceivedMin, rep.ReceivedMax, rep.Latency.Samples)
+	}
+	if len(rep.Problems) == 0 || !strings.Contains(rep.Problems[0], "subscriber 2 lacks ids 2") {
+		t.Errorf("problems %q", rep.Problems)
+	}
+}

@@ -1,0 +1,103 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/pgfeed/pgfeed/internal/pgtemp"
+	"github.com/pgfeed/pgfeed/migrations"
+	"github.com/pgfeed/pgfeed/triggers"
+)
+
+// database is the PostgreSQL a run uses: a throwaway server it owns, or an
+// existing database.
+type database struct {
+	url     string
+	temp    *pgtemp.Server // nil for an existing database
+	version string         // server_version
+}
+
+// openDatabase starts a throwaway server when url is empty, then installs
+// pgfeed's schema and a fresh, captured bench table.
+func openDatabase(ctx context.Context, url string, o *Options) (_ *database, err error) {
+	d := &database{url: url}
+	if url == "" {
+		o.logf("starting a throwaway PostgreSQL")
+		d.temp, err = pgtemp.Start(ctx, pgtemp.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("start a throwaway PostgreSQL (or give a database URL): %w", err)
+		}
+		d.url = d.temp.URL("postgres")
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, d.close())
+		}
+	}()
+	if err := d.prepare(ctx); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *database) prepare(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cfg, err := pgx.ParseConfig(d.url)
+	if err != nil {
+		return fmt.Errorf("database URL: %w", err)
+	}
+	db := stdlib.OpenDB(*cfg)
+	_, err = migrations.Up(ctx, db)
+	db.Close()
+	if err != nil {
+		return err
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("connect to database: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := conn.QueryRow(ctx, "SHOW server_version").Scan(&d.version); err != nil {
+		return fmt.Errorf("read the server version: %w", err)
+	}
+	for _, stmt := range []string{
+		"DROP TABLE IF EXISTS " + Table,
+		"CREATE TABLE " + Table + " (id bigint PRIMARY KEY, payload text, created_at timestamptz DEFAULT now())",
+	} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("create %s: %w", Table, err)
+		}
+	}
+	if _, err := triggers.Enable(ctx, conn, Table); err != nil {
+		return fmt.Errorf("capture %s: %w", Table, err)
+	}
+	return nil
+}
+
+// close drops the bench table of an existing database, or stops and
+// removes the throwaway server.
+func (d *database) close() error {
+	if d.temp != nil {
+		if err := d.temp.Stop(); err != nil {
+			return fmt.Errorf("stop the throwaway PostgreSQL: %w", err)
+		}
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, d.url)
+	if err != nil {
+		return fmt.Errorf("drop %s: %w", Table, err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+Table); err != nil {
+		return fmt.Errorf("drop %s: %w", Table, err)
+	}
+	return nil
+}
