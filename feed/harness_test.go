@@ -397,3 +397,6 @@ func (n *node) poll(t *testing.T, path string) (int, map[string]any) {
 	}
 	return resp.StatusCode, body
 }
+
+// srvPosition is where the node's stream is.
+func (n *node) srvPosition() (listener.Cursor, bool) { return n.srv.Position() }

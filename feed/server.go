@@ -189,6 +189,10 @@ func (s *Server) Emit(b listener.Batch) error { return s.hub.dispatch(b) }
 // once ready). Subscriptions are refused until Start or the first Emit.
 func (s *Server) Start(pos listener.Cursor) { s.hub.start(pos) }
 
+// Position is the position after the last batch handed to Emit, and
+// whether the stream has started.
+func (s *Server) Position() (listener.Cursor, bool) { return s.hub.position() }
+
 // Handler is the server's HTTP handler.
 func (s *Server) Handler() http.Handler { return s.cors(s.mux) }
 
