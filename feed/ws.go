@@ -293,6 +293,7 @@ func (s *Server) wsWriter(ctx context.Context, conn *websocket.Conn, c *client) 
 	expired, stopExpiry := expiryTimer(expires)
 	defer func() { stopExpiry() }()
 	var buf []item
+	var frame []byte
 	for {
 		select {
 		case <-ctx.Done():
@@ -318,7 +319,7 @@ func (s *Server) wsWriter(ctx context.Context, conn *websocket.Conn, c *client) 
 		var reason string
 		buf, reason = c.q.take(buf)
 		for _, it := range buf {
-			if err := s.wsWrite(ctx, conn, it); err != nil {
+			if err := s.wsWrite(ctx, conn, it, &frame); err != nil {
 				return
 			}
 		}
@@ -344,30 +345,26 @@ func (s *Server) wsWriter(ctx context.Context, conn *websocket.Conn, c *client) 
 
 var changePrefix = []byte(`{"type":"change","sub":`)
 
-func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, it item) error {
+// wsWrite writes one queued item as one frame. A change is framed as
+// {"type":"change","sub":"s1", + the shared event without its "{", copied
+// into buf (the writer's own, reused): one frame, so one flush and one
+// write system call per message (a streamed message costs a frame, and a
+// flush, per piece).
+func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, it item, buf *[]byte) error {
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
-	if it.reset {
-		msg := append(append([]byte(`{"type":"reset","sub":`), it.sub...), `,"reason":"cursor_expired"}`...)
-		return conn.Write(wctx, websocket.MessageText, msg)
+	b := (*buf)[:0]
+	switch {
+	case it.reset:
+		b = append(append(append(b, `{"type":"reset","sub":`...), it.sub...), `,"reason":"cursor_expired"}`...)
+	case it.change:
+		b = append(append(append(append(b, changePrefix...), it.sub...), ','), it.body[1:]...)
+	default:
+		b = append(b, it.body...)
 	}
-	if !it.change {
-		return conn.Write(wctx, websocket.MessageText, it.body)
+	*buf = b
+	if cap(b) > 64<<10 {
+		*buf = nil // do not keep one huge message's buffer per connection
 	}
-	// {"type":"change","sub":"s1", + the shared event without its "{".
-	wr, err := conn.Writer(wctx, websocket.MessageText)
-	if err != nil {
-		return err
-	}
-	head := make([]byte, 0, len(changePrefix)+len(it.sub)+1)
-	head = append(head, changePrefix...)
-	head = append(head, it.sub...)
-	head = append(head, ',')
-	if _, err := wr.Write(head); err != nil {
-		return err
-	}
-	if _, err := wr.Write(it.body[1:]); err != nil {
-		return err
-	}
-	return wr.Close()
+	return conn.Write(wctx, websocket.MessageText, b)
 }
