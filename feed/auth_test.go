@@ -372,3 +372,36 @@ func TestLimits(t *testing.T) {
 		t.Errorf("5th connection: %v %v", resp, err)
 	}
 }
+
+// TestTokenExpiryEndsStreams: an SSE stream ends at the token's expiry
+// with a token_expired event; a long poll answers by then.
+func TestTokenExpiryEndsStreams(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.authNode([]subscriptions.Policy{{Table: "orders", Roles: []string{"authenticated"}}}, "", feed.Config{})
+	tok := url.QueryEscape(hs256(t, userClaims("ann", 2*time.Second)))
+	s, resp := n.sse(t, "/v1/sse/orders?access_token="+tok, nil)
+	if s == nil {
+		t.Fatalf("SSE: %d", resp.StatusCode)
+	}
+	start := time.Now()
+	ev := s.next(wait)
+	if ev.event != "error" || !strings.Contains(ev.data, "token_expired") {
+		t.Fatalf("SSE at expiry: %+v", ev)
+	}
+	if _, open := <-s.events; open {
+		t.Error("SSE stream went on after token_expired")
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("SSE ended %v after start, with a 2 s token", took)
+	}
+	tok = url.QueryEscape(hs256(t, userClaims("ann", 2*time.Second)))
+	start = time.Now()
+	status, body := n.poll(t, "/v1/changes/orders?wait=60s&access_token="+tok)
+	if status != 200 || len(body["changes"].([]any)) != 0 {
+		t.Fatalf("long poll at expiry: %d %v", status, body)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("long poll with wait=60s and a 2 s token answered after %v", took)
+	}
+}
