@@ -98,39 +98,13 @@ type Batch struct {
 	Changes []Change
 }
 
-// tickLock serializes tick creation across nodes, so tick ids and snapshots
-// grow together.
-const tickLock int64 = 0x7067666565640001
-
 // CreateTick records a new tick when a transaction has committed changes
 // since the newest tick (or when there is no tick yet), and returns the
-// newest tick either way. created reports whether it made one.
+// newest tick either way. created reports whether it made one. It is one
+// round trip: pgfeed.tick() takes the tick lock and cuts the tick.
 func CreateTick(ctx context.Context, db Querier) (t Tick, created bool, err error) {
-	err = pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, tickLock); err != nil {
-			return err
-		}
-		// A new statement, so its snapshot is taken after the lock: every
-		// earlier tick is committed and contained in it.
-		err := tx.QueryRow(ctx, `
-			WITH last AS (SELECT id, snapshot FROM pgfeed.ticks ORDER BY id DESC LIMIT 1)
-			INSERT INTO pgfeed.ticks (id, snapshot)
-			SELECT coalesce((SELECT id FROM last), 0) + 1, pg_current_snapshot()
-			 WHERE NOT EXISTS (SELECT 1 FROM last)
-			    OR EXISTS (SELECT 1 FROM pgfeed.changes c, last
-			                WHERE c.txid >= pg_snapshot_xmin(last.snapshot)
-			                  AND NOT pg_visible_in_snapshot(c.txid, last.snapshot))
-			RETURNING id, snapshot::text, created_at`).Scan(&t.ID, &t.Snapshot, &t.Time)
-		if err == nil {
-			created = true
-			return nil
-		}
-		if !errors.Is(err, pgx.ErrNoRows) {
-			return err
-		}
-		return tx.QueryRow(ctx, `SELECT id, snapshot::text, created_at FROM pgfeed.ticks ORDER BY id DESC LIMIT 1`).
-			Scan(&t.ID, &t.Snapshot, &t.Time)
-	})
+	err = db.QueryRow(ctx, `SELECT id, snapshot, created_at, created FROM pgfeed.tick()`).
+		Scan(&t.ID, &t.Snapshot, &t.Time, &created)
 	if err != nil {
 		return Tick{}, false, fmt.Errorf("create tick: %w", err)
 	}

@@ -164,6 +164,7 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 
 	lastPrune := time.Time{}
 	awakeSince := time.Now()
+	idle := 0 // reads in a row that found nothing
 	for {
 		if time.Since(lastPrune) >= s.cfg.PruneEvery {
 			if err := s.prune(ctx, conn); err != nil {
@@ -175,8 +176,19 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 		if err != nil {
 			return err
 		}
-		if n > 0 {
-			// Changes are flowing: keep reading, and keep the promise fresh.
+		if n > 0 || idle < idleReads {
+			// Changes are flowing (or paused only a moment): keep reading,
+			// and keep the promise fresh. Going to sleep and waking up
+			// costs several round trips; a short pause between commits
+			// should not pay them.
+			if n > 0 {
+				idle = 0
+			} else {
+				idle++
+				if err := waitNotification(ctx, conn, idleWait); err != nil {
+					return err
+				}
+			}
 			if time.Since(awakeSince) >= s.cfg.AwakeFor/2 {
 				if err := s.setAwake(ctx, conn, true); err != nil {
 					return err
@@ -185,6 +197,7 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 			}
 			continue
 		}
+		idle = 0
 		if err := s.sleep(ctx, conn, emit); err != nil {
 			return err
 		}
@@ -194,6 +207,13 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 		awakeSince = time.Now()
 	}
 }
+
+// While awake, a read that finds nothing is retried idleReads times, idleWait
+// apart, before the source goes to sleep.
+const (
+	idleReads = 5
+	idleWait  = time.Millisecond
+)
 
 // readNew cuts a tick and emits every batch not emitted yet. It returns the
 // number of batches emitted.
