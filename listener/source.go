@@ -355,9 +355,11 @@ func (s *Source) heartbeat(ctx context.Context, conn *pgx.Conn) error {
 const pruneLock int64 = 0x7067666565640002
 
 // prune removes ticks older than the retention period, keeping the newest
-// such tick as the base of the next batch, and then the changes no retained
-// batch can contain, in bounded batches so that writers are never blocked
-// for long.
+// such tick as the base of the next batch, and then the changes older than
+// the retention period that no retained batch can contain, in bounded
+// batches so that writers are never blocked for long. (Changes written
+// before the first tick are in no batch; they stay for the retention period
+// all the same, for whoever inspects the log.)
 func (s *Source) prune(ctx context.Context, conn *pgx.Conn) error {
 	var locked bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, pruneLock).Scan(&locked); err != nil {
@@ -382,7 +384,8 @@ func (s *Source) prune(ctx context.Context, conn *pgx.Conn) error {
 			 WHERE ctid = ANY (ARRAY(
 			       SELECT c.ctid FROM pgfeed.changes c
 			        WHERE c.txid < (SELECT pg_snapshot_xmin(snapshot) FROM pgfeed.ticks ORDER BY id LIMIT 1)
-			        LIMIT 5000))`)
+			          AND c.captured_at < now() - $1::interval
+			        LIMIT 5000))`, s.cfg.Retention)
 		if err != nil {
 			return fmt.Errorf("prune changes: %w", err)
 		}

@@ -223,7 +223,7 @@ func TestPrune(t *testing.T) {
 		}
 	}
 	// Ticks 1-3 hold rows 0-2 in batches 2 and 3 (tick 1 is the first).
-	if _, err := conn.Exec(ctx, `UPDATE pgfeed.ticks SET created_at = now() - interval '2 days' WHERE id <= 2`); err != nil {
+	if _, err := conn.Exec(ctx, `UPDATE pgfeed.ticks SET created_at = now() - interval '2 days' WHERE id <= 2; UPDATE pgfeed.changes SET captured_at = now() - interval '2 days'`); err != nil {
 		t.Fatal(err)
 	}
 	src := listener.New(listener.Config{Retention: 24 * time.Hour})
