@@ -123,17 +123,31 @@ var ErrTickGone = errors.New("tick no longer retained")
 // the earlier committed, so all of the earlier one's seqs are smaller.
 func ReadBatch(ctx context.Context, db Querier, id int64) (Batch, error) {
 	var b Batch
+	// The batch's transactions are those that started after the previous
+	// tick (txid from its xmax) or were running at it (its xip list), and
+	// are visible in this one. Two index probes: asking for txid >= the
+	// previous tick's xmin instead would scan every change written since
+	// the oldest transaction still open, on every read, for as long as it
+	// stays open.
 	rows, err := db.Query(ctx, `
-		SELECT cur.id, cur.snapshot::text, cur.created_at,
+		WITH t AS (
+		     SELECT cur.id, cur.snapshot AS cs, cur.created_at, prev.snapshot AS ps
+		       FROM pgfeed.ticks cur JOIN pgfeed.ticks prev ON prev.id = cur.id - 1
+		      WHERE cur.id = $1),
+		c AS (
+		     SELECT c.seq, c.txid, c.schema_name, c.table_name, c.op, c.key, c.new, c.old
+		       FROM pgfeed.changes c
+		      WHERE c.txid >= (SELECT pg_snapshot_xmax(ps) FROM t)
+		        AND c.txid < (SELECT pg_snapshot_xmax(cs) FROM t)
+		        AND pg_visible_in_snapshot(c.txid, (SELECT cs FROM t))
+		     UNION ALL
+		     SELECT c.seq, c.txid, c.schema_name, c.table_name, c.op, c.key, c.new, c.old
+		       FROM pgfeed.changes c
+		      WHERE c.txid = ANY (ARRAY(SELECT pg_snapshot_xip(ps) FROM t))
+		        AND pg_visible_in_snapshot(c.txid, (SELECT cs FROM t)))
+		SELECT t.id, t.cs::text, t.created_at,
 		       c.seq, c.txid::text, c.schema_name, c.table_name, c.op, c.key, c.new, c.old
-		  FROM pgfeed.ticks cur
-		  JOIN pgfeed.ticks prev ON prev.id = cur.id - 1
-		  LEFT JOIN pgfeed.changes c
-		         ON c.txid >= pg_snapshot_xmin(prev.snapshot)
-		        AND c.txid < pg_snapshot_xmax(cur.snapshot)
-		        AND pg_visible_in_snapshot(c.txid, cur.snapshot)
-		        AND NOT pg_visible_in_snapshot(c.txid, prev.snapshot)
-		 WHERE cur.id = $1`, id)
+		  FROM t LEFT JOIN c ON true`, id)
 	if err != nil {
 		return b, fmt.Errorf("read batch %d: %w", id, err)
 	}

@@ -18,9 +18,14 @@ BEGIN
     INSERT INTO pgfeed.ticks (id, snapshot)
     SELECT coalesce((SELECT l.id FROM last l), 0) + 1, pg_current_snapshot()
      WHERE NOT EXISTS (SELECT 1 FROM last)
+        -- A committed change the newest tick does not see: from a
+        -- transaction that started after it, or was running at it. (Two
+        -- index probes; txid >= its xmin would scan everything written
+        -- since the oldest open transaction began.)
         OR EXISTS (SELECT 1 FROM pgfeed.changes c, last l
-                    WHERE c.txid >= pg_snapshot_xmin(l.snapshot)
-                      AND NOT pg_visible_in_snapshot(c.txid, l.snapshot))
+                    WHERE c.txid >= pg_snapshot_xmax(l.snapshot))
+        OR EXISTS (SELECT 1 FROM pgfeed.changes c, last l
+                    WHERE c.txid = ANY (ARRAY(SELECT pg_snapshot_xip(l.snapshot))))
     RETURNING ticks.id, ticks.snapshot::text, ticks.created_at INTO id, snapshot, created_at;
     created := FOUND;
     IF NOT created THEN
