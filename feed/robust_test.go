@@ -328,3 +328,34 @@ func TestSSEHeartbeat(t *testing.T) {
 		t.Fatalf("stream ended after %d pings: %v", pings, sc.Err())
 	}
 }
+
+// TestWriteTimeout: a client that stops reading, with a queue large enough
+// never to overflow, is cut off when a write blocks past WriteTimeout.
+func TestWriteTimeout(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode(feed.Config{WriteTimeout: 300 * time.Millisecond})
+	ctx := context.Background()
+	stuck, _, err := websocket.Dial(ctx, "ws://"+n.addr+"/v1/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.CloseNow()
+	if err := stuck.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe","id":"s","table":"orders"}`)); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(wait); n.metric(t, "pgfeed_subscriptions") < 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("not subscribed")
+		}
+	}
+	// Rows of 10 kB: a few hundred fill the socket buffers.
+	for i := 0; i < 3000; i += 500 {
+		e.exec(`INSERT INTO orders (id, status) SELECT g, repeat('x', 10000) FROM generate_series($1::int, $2::int) g`, i, i+499)
+	}
+	for deadline := time.Now().Add(wait); n.metric(t, "pgfeed_connections") > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a client that does not read was never cut off")
+		}
+	}
+}

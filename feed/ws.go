@@ -294,6 +294,13 @@ func (s *Server) wsWriter(ctx context.Context, conn *websocket.Conn, c *client) 
 	defer func() { stopExpiry() }()
 	var buf []item
 	var frame []byte
+	// Every write runs under a deadline: a watchdog, re-armed per message,
+	// closes the connection when one takes longer than WriteTimeout. (A
+	// context with a deadline per message costs coder/websocket a
+	// context.AfterFunc per frame: a tenth of the writer's CPU.)
+	watchdog := time.AfterFunc(time.Hour, func() { _ = conn.CloseNow() })
+	watchdog.Stop()
+	defer watchdog.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -319,10 +326,12 @@ func (s *Server) wsWriter(ctx context.Context, conn *websocket.Conn, c *client) 
 		var reason string
 		buf, reason = c.q.take(buf)
 		for _, it := range buf {
-			if err := s.wsWrite(ctx, conn, it, &frame); err != nil {
+			watchdog.Reset(s.cfg.WriteTimeout)
+			if err := s.wsWrite(conn, it, &frame); err != nil {
 				return
 			}
 		}
+		watchdog.Stop()
 		clear(buf)
 		switch reason {
 		case "":
@@ -350,9 +359,8 @@ var changePrefix = []byte(`{"type":"change","sub":`)
 // into buf (the writer's own, reused): one frame, so one flush and one
 // write system call per message (a streamed message costs a frame, and a
 // flush, per piece).
-func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, it item, buf *[]byte) error {
-	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
-	defer cancel()
+// The caller's watchdog bounds the write.
+func (s *Server) wsWrite(conn *websocket.Conn, it item, buf *[]byte) error {
 	b := (*buf)[:0]
 	switch {
 	case it.reset:
@@ -366,5 +374,5 @@ func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, it item, buf
 	if cap(b) > 64<<10 {
 		*buf = nil // do not keep one huge message's buffer per connection
 	}
-	return conn.Write(wctx, websocket.MessageText, b)
+	return conn.Write(context.Background(), websocket.MessageText, b)
 }
