@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 )
 
@@ -25,36 +24,13 @@ func Idle(ctx context.Context, o Options) (_ *IdleReport, err error) {
 		SettleSeconds: seconds(o.Settle),
 		Problems:      []string{},
 	}
-	if _, err := raiseOpenFiles(o.Connections + fdSlack); err != nil {
-		return nil, err
-	}
-	rep.Machine = machine()
-
-	dir, err := os.MkdirTemp("", "pgfeed-bench-")
-	if err != nil {
-		return nil, fmt.Errorf("create temporary directory: %w", err)
-	}
-	defer func() {
-		if rerr := os.RemoveAll(dir); rerr != nil {
-			err = errors.Join(err, rerr)
-		}
-	}()
-	db, err := openDatabase(ctx, o.DatabaseURL, &o)
+	tb, err := openTestbed(ctx, &o, o.Connections)
 	if err != nil {
 		return nil, err
 	}
-	defer func() { err = errors.Join(err, db.close()) }()
-	rep.Machine.PostgreSQL = db.version
-
-	o.logf("starting the server under test: %s serve", o.Server)
-	srv, err := startServer(o.Server, db.url, dir)
-	if err != nil {
-		return nil, err
-	}
-	defer srv.kill()
-	if err := srv.waitReady(ctx, time.Minute); err != nil {
-		return nil, err
-	}
+	defer func() { err = errors.Join(err, tb.close()) }()
+	rep.Machine = tb.machine
+	srv := tb.srv
 	rep.Server.PID = srv.pid()
 	o.logf("server pid %d ready on %s; letting it settle for %s", srv.pid(), srv.addr, o.Settle)
 

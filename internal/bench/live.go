@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -81,36 +80,13 @@ func live(ctx context.Context, name string, o Options) (_ *LiveReport, err error
 		TargetDeliveries: int64(o.Rate) * int64(o.Subscribers),
 		Problems:         []string{},
 	}
-	if _, err := raiseOpenFiles(o.Subscribers + fdSlack); err != nil {
-		return nil, err
-	}
-	rep.Machine = machine()
-
-	dir, err := os.MkdirTemp("", "pgfeed-bench-")
-	if err != nil {
-		return nil, fmt.Errorf("create temporary directory: %w", err)
-	}
-	defer func() {
-		if rerr := os.RemoveAll(dir); rerr != nil {
-			err = errors.Join(err, rerr)
-		}
-	}()
-	db, err := openDatabase(ctx, o.DatabaseURL, &o)
+	tb, err := openTestbed(ctx, &o, o.Subscribers)
 	if err != nil {
 		return nil, err
 	}
-	defer func() { err = errors.Join(err, db.close()) }()
-	rep.Machine.PostgreSQL = db.version
-
-	o.logf("starting the server under test: %s serve", o.Server)
-	srv, err := startServer(o.Server, db.url, dir)
-	if err != nil {
-		return nil, err
-	}
-	defer srv.kill()
-	if err := srv.waitReady(ctx, time.Minute); err != nil {
-		return nil, err
-	}
+	defer func() { err = errors.Join(err, tb.close()) }()
+	rep.Machine = tb.machine
+	db, srv := tb.db, tb.srv
 	rep.Server.PID = srv.pid()
 	o.logf("server pid %d ready on %s", srv.pid(), srv.addr)
 

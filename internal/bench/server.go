@@ -383,3 +383,57 @@ func (s *server) kill() {
 		<-s.done
 	}
 }
+
+// testbed is what every bench runs on: a database prepared for it and the
+// server under test, ready, and the machine's facts.
+type testbed struct {
+	dir     string
+	db      *database
+	srv     *server
+	machine Machine
+}
+
+// openTestbed raises the open-files limit for fds connections, prepares the
+// database and starts the server; close undoes all of it.
+func openTestbed(ctx context.Context, o *Options, fds int) (_ *testbed, err error) {
+	if _, err := raiseOpenFiles(fds + fdSlack); err != nil {
+		return nil, err
+	}
+	tb := &testbed{machine: machine()}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, tb.close())
+		}
+	}()
+	if tb.dir, err = os.MkdirTemp("", "pgfeed-bench-"); err != nil {
+		return nil, fmt.Errorf("create temporary directory: %w", err)
+	}
+	if tb.db, err = openDatabase(ctx, o.DatabaseURL, o); err != nil {
+		return nil, err
+	}
+	tb.machine.PostgreSQL = tb.db.version
+	o.logf("starting the server under test: %s serve", o.Server)
+	if tb.srv, err = startServer(o.Server, tb.db.url, tb.dir); err != nil {
+		return nil, err
+	}
+	if err := tb.srv.waitReady(ctx, time.Minute); err != nil {
+		return nil, err
+	}
+	return tb, nil
+}
+
+// close stops the server if it still runs, and removes the database and
+// the temporary directory. Safe on a partly opened testbed.
+func (tb *testbed) close() error {
+	if tb.srv != nil {
+		tb.srv.kill()
+	}
+	var err error
+	if tb.db != nil {
+		err = tb.db.close()
+	}
+	if tb.dir != "" {
+		err = errors.Join(err, os.RemoveAll(tb.dir))
+	}
+	return err
+}
