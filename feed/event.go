@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgfeed/pgfeed/listener"
@@ -29,8 +30,12 @@ type event struct {
 
 	mu      sync.Mutex
 	encoded map[string][]byte // guarded by mu: projection key -> full event JSON
-	bare    *event            // guarded by mu: the key-only version (deletes under RLS)
-	keyOld  *event            // guarded by mu: old cut to the key (updates under RLS)
+	encSize int               // guarded by mu: total size of encoded
+	// counted, when set, is the hub's tally of encodings held by its
+	// history: every new encoding is added to it.
+	counted *atomic.Int64
+	bare    *event // guarded by mu: the key-only version (deletes under RLS)
+	keyOld  *event // guarded by mu: old cut to the key (updates under RLS)
 }
 
 // withKeyOld returns the event with its old row cut to the key columns:
@@ -227,6 +232,10 @@ func (e *event) json(p projection) []byte {
 		e.encoded = make(map[string][]byte, 1)
 	}
 	e.encoded[p.key] = b
+	e.encSize += len(b)
+	if e.counted != nil {
+		e.counted.Add(int64(len(b)))
+	}
 	return b
 }
 
@@ -240,11 +249,11 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, q...)
 }
 
-// size approximates the memory an event holds: the parsed rows, the
-// decoded rows used for matching (about as much again) and an encoding or
-// two.
+// size approximates the memory an event holds besides its encodings (which
+// the hub counts as they are made): the parsed rows and the decoded rows
+// used for matching, about as much again.
 func (e *event) size() int {
-	return 4*(len(e.key)+rowSize(e.new)+rowSize(e.old)) + 256
+	return 2*(len(e.key)+rowSize(e.new)+rowSize(e.old)) + 256
 }
 
 func rowSize(fs fields) int {

@@ -49,7 +49,8 @@ type hub struct {
 	started   bool            // guarded by mu: pos is known
 	hist      []*event        // guarded by mu: hist[histHead:] are the recent events, oldest first
 	histHead  int             // guarded by mu
-	histBytes int             // guarded by mu: approximate size of the recent events
+	histBytes int             // guarded by mu: approximate size of the recent events, encodings aside
+	encBytes  atomic.Int64    // size of the encodings the recent events hold (they grow after remember)
 	histFrom  listener.Cursor // guarded by mu: every event after this is in hist
 
 	rls *rlsGroups // nil without an RLS checker
@@ -91,6 +92,9 @@ func (h *hub) dispatch(b listener.Batch) error {
 	events := make([]*event, 0, len(b.Changes))
 	for _, c := range b.Changes {
 		e, err := newEvent(c)
+		if err == nil {
+			e.counted = &h.encBytes // it joins the history below
+		}
 		if err != nil {
 			// A row pgfeed cannot parse is a bug, not a client's problem:
 			// log it and keep the stream going.
@@ -133,11 +137,15 @@ func (h *hub) dispatch(b listener.Batch) error {
 func (h *hub) remember(e *event) {
 	h.hist = append(h.hist, e)
 	h.histBytes += e.size()
-	for n := len(h.hist) - h.histHead; n > 0 && (n > h.histMax || h.histBytes > h.histMaxBytes); n-- {
+	for n := len(h.hist) - h.histHead; n > 0 && (n > h.histMax || h.histBytes+int(h.encBytes.Load()) > h.histMaxBytes); n-- {
 		old := h.hist[h.histHead]
 		h.hist[h.histHead] = nil
 		h.histHead++
 		h.histBytes -= old.size()
+		old.mu.Lock()
+		old.counted = nil // encodings made from now on are no longer the history's
+		h.encBytes.Add(-int64(old.encSize))
+		old.mu.Unlock()
 		h.histFrom = old.cursor
 	}
 	if h.histHead > 1024 && h.histHead > len(h.hist)/2 {
