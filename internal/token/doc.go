@@ -7,7 +7,9 @@
 // with a public key as an HMAC secret fails; "none" is never accepted);
 // exp and nbf are checked with a small leeway, iss and aud when configured;
 // a token without a role claim is refused. An unknown key id makes the
-// Verifier refetch the JWKS, at most once per RefetchEvery.
+// Verifier refetch the JWKS, at most once per RefetchEvery, and a key set
+// older than RefreshEvery is fetched again by the next token that needs a
+// key, so that a key removed from the JWKS stops being trusted.
 //
 // Concurrency: a Verifier is safe for concurrent use; its key set is
 // guarded by a mutex, and a refetch happens on the goroutine of the Verify

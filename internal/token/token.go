@@ -31,6 +31,10 @@ type Config struct {
 	Leeway time.Duration
 	// RefetchEvery bounds JWKS refetches on unknown key ids. Zero: 1 min.
 	RefetchEvery time.Duration
+	// RefreshEvery is how old the JWKS may get before the next token that
+	// needs a key fetches it again, so that a key removed from it stops
+	// being trusted. Zero: 10 min.
+	RefreshEvery time.Duration
 	// HTTPClient fetches the JWKS. Nil: a client with a 10 s timeout.
 	HTTPClient *http.Client
 	// Now is the clock. Nil: time.Now.
@@ -53,6 +57,7 @@ type Verifier struct {
 	keys      map[string]any // guarded by mu: kid -> public key
 	anonKeys  []any          // guarded by mu: keys without a kid
 	fetchedAt time.Time      // guarded by mu: last refetch for an unknown key id
+	loadedAt  time.Time      // guarded by mu: last successful JWKS fetch
 }
 
 // New returns a Verifier; with a JWKS file, it reads it now.
@@ -65,6 +70,9 @@ func New(cfg Config) (*Verifier, error) {
 	}
 	if cfg.RefetchEvery == 0 {
 		cfg.RefetchEvery = time.Minute
+	}
+	if cfg.RefreshEvery == 0 {
+		cfg.RefreshEvery = 10 * time.Minute
 	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
@@ -160,6 +168,11 @@ func (v *Verifier) key(ctx context.Context, t *jwt.Token) (any, error) {
 		return []byte(v.cfg.Secret), nil
 	}
 	kid, _ := t.Header["kid"].(string)
+	if v.cfg.JWKSURL != "" && v.stale() {
+		// Best effort: on failure the keys we have stay in use until the
+		// next refresh.
+		_ = v.fetch(context.WithoutCancel(ctx))
+	}
 	k, err := v.lookup(kid, alg)
 	if errors.Is(err, errUnknownKey) && v.cfg.JWKSURL != "" && v.refetchDue() {
 		// Not the request's context: a client hanging up must not cancel
@@ -204,6 +217,19 @@ func fits(k any, alg string) bool {
 		return alg == "EdDSA"
 	}
 	return false
+}
+
+// stale reports whether the key set is older than RefreshEvery, and if so
+// records a refresh attempt (at most one per RefetchEvery).
+func (v *Verifier) stale() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	now := v.cfg.Now()
+	if now.Sub(v.loadedAt) < v.cfg.RefreshEvery || now.Sub(v.fetchedAt) < v.cfg.RefetchEvery {
+		return false
+	}
+	v.fetchedAt = now
+	return true
 }
 
 // refetchDue reports whether an unknown kid may trigger a fetch now, and
@@ -254,6 +280,7 @@ func (v *Verifier) fetch(ctx context.Context) error {
 	}
 	v.mu.Lock()
 	v.keys, v.anonKeys = keys, anon
+	v.loadedAt = v.cfg.Now()
 	v.mu.Unlock()
 	return nil
 }

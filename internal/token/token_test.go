@@ -273,3 +273,42 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// TestRemovedKeyStopsBeingTrusted: a key removed from the JWKS is refused
+// once the key set is older than RefreshEvery.
+func TestRemovedKeyStopsBeingTrusted(t *testing.T) {
+	k := getKeys(t)
+	var mu sync.Mutex
+	current := jwks(k, "r1", "", "")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		_, _ = w.Write(current)
+	}))
+	defer srv.Close()
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	v, err := token.New(token.Config{JWKSURL: srv.URL, Now: func() time.Time { return time.Unix(0, clock.Load()) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := v.Prefetch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tok := sign(t, jwt.SigningMethodRS256, "r1", k.rsa, claims(nil))
+	if _, err := v.Verify(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	current = []byte(`{"keys":[]}`)
+	mu.Unlock()
+	clock.Add(int64(5 * time.Minute))
+	if _, err := v.Verify(ctx, tok); err != nil {
+		t.Fatalf("within the refresh period the cached key still verifies: %v", err)
+	}
+	clock.Add(int64(6 * time.Minute))
+	if _, err := v.Verify(ctx, tok); err == nil {
+		t.Fatal("a key removed from the JWKS is still trusted after the refresh period")
+	}
+}
