@@ -584,3 +584,29 @@ func openSQL(tb testing.TB, url string) *sql.DB {
 	}
 	return db
 }
+
+// TestCaptureInUTC: timestamptz values read the same whatever time zone
+// the writing session uses.
+func TestCaptureInUTC(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, _ := newDB(t)
+	exec(t, conn, `CREATE TABLE ev (id int PRIMARY KEY, at timestamptz)`)
+	if _, err := triggers.Enable(ctx, conn, "ev"); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, conn, `SET timezone = 'America/New_York'`)
+	exec(t, conn, `INSERT INTO ev VALUES (1, '2026-11-27 14:05:41.5+00')`)
+	exec(t, conn, `UPDATE ev SET at = at + interval '1 hour'`)
+	exec(t, conn, `DELETE FROM ev`)
+	for _, c := range changes(t, conn) {
+		for _, row := range []map[string]any{c.New, c.Old} {
+			if row == nil {
+				continue
+			}
+			if at, _ := row["at"].(string); !strings.HasSuffix(at, "+00:00") {
+				t.Errorf("%s: at = %q, want UTC", c.Op, at)
+			}
+		}
+	}
+}

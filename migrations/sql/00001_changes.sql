@@ -67,11 +67,15 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 -- +goose StatementEnd
 
+-- The capture functions render rows in UTC (SET timezone): to_jsonb writes
+-- timestamptz values in the session's time zone, and a change must read the
+-- same whichever session wrote it.
+
 -- INSERT: a statement-level trigger with a transition table, so a bulk insert
 -- writes its log rows in one set-based statement.
 -- +goose StatementBegin
 CREATE FUNCTION pgfeed.capture_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
 BEGIN
     INSERT INTO pgfeed.changes (schema_name, table_name, op, key, new)
     SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, 'insert',
@@ -93,7 +97,7 @@ END $$;
 -- parent.
 -- +goose StatementBegin
 CREATE FUNCTION pgfeed.capture_row() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
 DECLARE
     n jsonb;
     o jsonb;
@@ -119,7 +123,7 @@ END $$;
 -- DELETE: statement-level with a transition table, like INSERT.
 -- +goose StatementBegin
 CREATE FUNCTION pgfeed.capture_delete() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
 BEGIN
     INSERT INTO pgfeed.changes (schema_name, table_name, op, key, old)
     SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, 'delete',
