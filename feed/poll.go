@@ -60,10 +60,30 @@ func (s *Server) servePoll(w http.ResponseWriter, r *http.Request) {
 		s.hub.unsubscribe(sub)
 	}()
 
+	// The subscription announces where it starts before any replay; an
+	// answer always carries a cursor to poll again from.
+	var start listener.Cursor
+	select {
+	case start = <-startc:
+	case subErr = <-errc:
+		subDone = true
+		if subErr == nil {
+			start = <-startc
+			break
+		}
+		if errors.Is(subErr, errNotReady) {
+			writeError(w, errorf("unavailable", "the change stream is not ready yet; retry"))
+		} else if r.Context().Err() == nil {
+			s.cfg.Logger.Error("long poll", "table", p.table.Name, "err", subErr)
+			writeError(w, errorf("internal", "could not read changes; poll again"))
+		}
+		return
+	case <-r.Context().Done():
+		return
+	}
+
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
-	var start listener.Cursor
-	started := false
 	var changes []item
 	for done := false; !done; {
 		select {
@@ -77,21 +97,10 @@ func (s *Server) servePoll(w http.ResponseWriter, r *http.Request) {
 		case <-s.closing:
 			done = true
 		}
-		if !started {
-			select {
-			case start = <-startc:
-				started = true
-			default:
-			}
-		}
 		if subDone && subErr != nil && len(changes) == 0 {
 			// Nothing was answered from this subscription: say why.
-			if errors.Is(subErr, errNotReady) {
-				writeError(w, errorf("unavailable", "the change stream is not ready yet; retry"))
-			} else if r.Context().Err() == nil {
-				s.cfg.Logger.Error("long poll", "table", p.table.Name, "err", subErr)
-				writeError(w, errorf("internal", "could not read changes; poll again"))
-			}
+			s.cfg.Logger.Error("long poll", "table", p.table.Name, "err", subErr)
+			writeError(w, errorf("internal", "could not read changes; poll again"))
 			return
 		}
 		// Let a batch being fanned out finish, so that a transaction's
@@ -116,17 +125,6 @@ func (s *Server) servePoll(w http.ResponseWriter, r *http.Request) {
 			// More than one answer holds, something to answer, or a
 			// replay that failed after some changes: answer them.
 			done = true
-		}
-	}
-	if !started {
-		select {
-		case start = <-startc:
-		default:
-			// Not even started (the wait ran out first): the client polls
-			// again from where it was.
-			if p.since != nil {
-				start = *p.since
-			}
 		}
 	}
 	cursor := start

@@ -2,11 +2,13 @@ package feed_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"testing"
 
 	"github.com/pgfeed/pgfeed/feed"
 	"github.com/pgfeed/pgfeed/internal/pgtest"
+	"github.com/pgfeed/pgfeed/listener"
 )
 
 // insertRows inserts rows [from, to) into orders, one transaction each.
@@ -199,6 +201,11 @@ func TestLongPoll(t *testing.T) {
 		t.Fatalf("empty poll: %d %v", status, body)
 	}
 	cursor := body["cursor"].(string)
+	// wait=0 answers at once, still with a cursor to poll again from.
+	status, body = n.poll(t, "/v1/changes/orders?wait=0s")
+	if c, err := listener.ParseCursor(fmt.Sprint(body["cursor"])); status != 200 || err != nil || c.Tick < 1 {
+		t.Fatalf("wait=0s: %d %v", status, body)
+	}
 	e.insertRows(0, 1000)
 	seen := 0
 	for seen < 1000 {
