@@ -116,6 +116,9 @@ func (g *rlsGroup) enqueue(e *event, subs []*subscription) {
 		g.jobs = nil
 		g.mu.Unlock()
 		for _, j := range jobs {
+			if j.done != nil {
+				close(j.done) // a token refresh waiting on the group goes on
+			}
 			for _, s := range j.subs {
 				s.q.close("slow_consumer")
 			}
