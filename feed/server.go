@@ -555,7 +555,7 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 		if err := s.cfg.Ready(ctx); err != nil {
 			// The details (hosts, users) are for the log, not the world.
 			s.cfg.Logger.Warn("not ready", "err", err)
-			writeError(w, errorf("unavailable", "the database is unreachable"))
+			writeError(w, errorf("unavailable", "the database is unreachable or capture is not running"))
 			return
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -48,6 +49,7 @@ type Source struct {
 
 	ready     chan struct{} // closed once the first session is reading
 	readyOnce sync.Once
+	live      atomic.Bool // a session is connected and reading
 
 	mu   sync.Mutex
 	last int64 // guarded by mu: the newest tick whose batch was emitted
@@ -81,6 +83,10 @@ func New(cfg Config) *Source {
 // Ready is closed once the source is listening and has its starting tick:
 // every transaction that commits afterwards will be emitted.
 func (s *Source) Ready() <-chan struct{} { return s.ready }
+
+// Live reports whether the source is connected and reading now (false
+// while it reconnects).
+func (s *Source) Live() bool { return s.live.Load() }
 
 // Position is the cursor right after the last emitted batch: where a client
 // that subscribes now starts. It is zero before Ready.
@@ -160,6 +166,8 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 		s.mu.Unlock()
 	}
 	connected()
+	s.live.Store(true)
+	defer s.live.Store(false)
 	s.readyOnce.Do(func() { close(s.ready) })
 
 	lastPrune := time.Time{}

@@ -256,3 +256,31 @@ func TestPrune(t *testing.T) {
 		t.Errorf("%d changes older than the retained base tick survived", stale)
 	}
 }
+
+// TestSourceLive: Live is true while connected and false while the
+// source reconnects.
+func TestSourceLive(t *testing.T) {
+	t.Parallel()
+	url, _ := capturedTable(t)
+	src, _ := startSource(t, url, listener.Config{Poll: 50 * time.Millisecond})
+	if !src.Live() {
+		t.Fatal("not live after Ready")
+	}
+	killer := pgtest.Connect(t, url)
+	if _, err := killer.Exec(context.Background(), `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE application_name = 'pgfeed-listener' AND datname = current_database()`); err != nil {
+		t.Fatal(err)
+	}
+	sawDown, deadline := false, time.Now().Add(20*time.Second)
+	for time.Now().Before(deadline) {
+		live := src.Live()
+		if !live {
+			sawDown = true
+		}
+		if sawDown && live {
+			return // down, then back
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("live never went down and back up (saw down: %v)", sawDown)
+}

@@ -120,6 +120,9 @@ func (a *app) serve(ctx context.Context, cfg *Config, ready func(addr string)) e
 			if err := pool.Ping(ctx); err != nil {
 				return fmt.Errorf("database unreachable: %w", err)
 			}
+			if !src.Live() {
+				return errors.New("the change listener is reconnecting")
+			}
 			return nil
 		},
 		Logger: a.log.With("component", "feed"),
