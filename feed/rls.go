@@ -48,14 +48,7 @@ type rlsJob struct {
 func (g *rlsGroup) barrier() {
 	done := make(chan struct{})
 	g.mu.Lock()
-	g.jobs = append(g.jobs, rlsJob{done: done})
-	start := !g.running
-	g.running = true
-	g.mu.Unlock()
-	if start {
-		g.rls.wg.Add(1)
-		go g.run()
-	}
+	g.add(rlsJob{done: done})
 	select {
 	case <-done:
 	case <-g.rls.ctx.Done():
@@ -128,7 +121,13 @@ func (g *rlsGroup) enqueue(e *event, subs []*subscription) {
 		}
 		return
 	}
-	g.jobs = append(g.jobs, rlsJob{e: e, subs: subs})
+	g.add(rlsJob{e: e, subs: subs})
+}
+
+// add queues j and unlocks g.mu (which the caller holds), starting the
+// group's goroutine when it is not running.
+func (g *rlsGroup) add(j rlsJob) {
+	g.jobs = append(g.jobs, j)
 	start := !g.running
 	g.running = true
 	g.mu.Unlock()

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pgfeed/pgfeed/internal/pgtemp"
 )
 
 // Table is the table every bench writes to and subscribes to.
@@ -51,7 +53,7 @@ func startServer(bin, dbURL, dir string) (*server, error) {
 	if err := os.WriteFile(cfgPath, []byte(serverConfig), 0o600); err != nil {
 		return nil, fmt.Errorf("write server configuration: %w", err)
 	}
-	port, err := freePort()
+	port, err := pgtemp.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -102,15 +104,6 @@ func startServer(bin, dbURL, dir string) (*server, error) {
 		close(s.done)
 	}()
 	return s, nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func (s *server) pid() int { return s.cmd.Process.Pid }
