@@ -71,6 +71,8 @@ func (c Cursor) Less(d Cursor) bool {
 type Change struct {
 	Cursor Cursor
 	TxID   uint64
+	// Seq is the log row's sequence value; the rows of one statement
+	// logged as one chunk share it.
 	Seq    int64
 	Schema string
 	Table  string
@@ -135,18 +137,18 @@ func ReadBatch(ctx context.Context, db Querier, id int64) (Batch, error) {
 		       FROM pgfeed.ticks cur JOIN pgfeed.ticks prev ON prev.id = cur.id - 1
 		      WHERE cur.id = $1),
 		c AS (
-		     SELECT c.seq, c.txid, c.schema_name, c.table_name, c.op, c.key, c.new, c.old
+		     SELECT c.seq, c.txid, c.schema_name, c.table_name, c.op, c.key_columns, c.new, c.old
 		       FROM pgfeed.changes c
 		      WHERE c.txid >= (SELECT pg_snapshot_xmax(ps) FROM t)
 		        AND c.txid < (SELECT pg_snapshot_xmax(cs) FROM t)
 		        AND pg_visible_in_snapshot(c.txid, (SELECT cs FROM t))
 		     UNION ALL
-		     SELECT c.seq, c.txid, c.schema_name, c.table_name, c.op, c.key, c.new, c.old
+		     SELECT c.seq, c.txid, c.schema_name, c.table_name, c.op, c.key_columns, c.new, c.old
 		       FROM pgfeed.changes c
 		      WHERE c.txid = ANY (ARRAY(SELECT pg_snapshot_xip(ps) FROM t))
 		        AND pg_visible_in_snapshot(c.txid, (SELECT cs FROM t)))
 		SELECT t.id, t.cs::text, t.created_at,
-		       c.seq, c.txid::text, c.schema_name, c.table_name, c.op, c.key, c.new, c.old
+		       c.seq, c.txid::text, c.schema_name, c.table_name, c.op, c.key_columns, c.new, c.old
 		  FROM t LEFT JOIN c ON true`, id)
 	if err != nil {
 		return b, fmt.Errorf("read batch %d: %w", id, err)
@@ -155,12 +157,13 @@ func ReadBatch(ctx context.Context, db Querier, id int64) (Batch, error) {
 	for rows.Next() {
 		found = true
 		var (
-			seq                 *int64
-			txid                *string
-			schema, table, op   *string
-			key, newRow, oldRow []byte
+			seq               *int64
+			txid              *string
+			schema, table, op *string
+			keyCols           []string
+			newRow, oldRow    []byte
 		)
-		if err := rows.Scan(&b.Tick.ID, &b.Tick.Snapshot, &b.Tick.Time, &seq, &txid, &schema, &table, &op, &key, &newRow, &oldRow); err != nil {
+		if err := rows.Scan(&b.Tick.ID, &b.Tick.Snapshot, &b.Tick.Time, &seq, &txid, &schema, &table, &op, &keyCols, &newRow, &oldRow); err != nil {
 			rows.Close()
 			return b, fmt.Errorf("read batch %d: %w", id, err)
 		}
@@ -172,10 +175,11 @@ func ReadBatch(ctx context.Context, db Querier, id int64) (Batch, error) {
 			rows.Close()
 			return b, fmt.Errorf("read batch %d: txid %q: %w", id, *txid, err)
 		}
-		b.Changes = append(b.Changes, Change{
-			TxID: x, Seq: *seq, Schema: *schema, Table: *table, Op: *op,
-			Key: key, New: newRow, Old: oldRow, CommitTime: b.Tick.Time,
-		})
+		base := Change{TxID: x, Seq: *seq, Schema: *schema, Table: *table, Op: *op, CommitTime: b.Tick.Time}
+		if b.Changes, err = expandLogRow(b.Changes, base, keyCols, newRow, oldRow); err != nil {
+			rows.Close()
+			return b, fmt.Errorf("read batch %d: change %d: %w", id, *seq, err)
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return b, fmt.Errorf("read batch %d: %w", id, err)
@@ -191,7 +195,9 @@ func ReadBatch(ctx context.Context, db Querier, id int64) (Batch, error) {
 }
 
 // order sorts a batch's changes: transactions by their largest seq, then
-// each transaction's changes by seq.
+// each transaction's changes by seq. The changes of one log row (a chunk of
+// one statement's rows) share a seq and keep their order, so every node
+// numbers a batch alike.
 func order(cs []Change) {
 	last := make(map[uint64]int64)
 	for _, c := range cs {
@@ -199,7 +205,7 @@ func order(cs []Change) {
 			last[c.TxID] = c.Seq
 		}
 	}
-	slices.SortFunc(cs, func(a, b Change) int {
+	slices.SortStableFunc(cs, func(a, b Change) int {
 		if r := cmp.Compare(last[a.TxID], last[b.TxID]); r != 0 {
 			return r
 		}

@@ -3,7 +3,9 @@
 //
 // # Trigger source: ticks and batches
 //
-// The capture triggers write one row per changed row to pgfeed.changes,
+// The capture triggers write the changed rows to pgfeed.changes (one log
+// row per changed row, or one per chunk of a statement's rows: expandLogRow
+// splits those, keeping their order, and renders values as to_jsonb does),
 // tagged with the writing transaction's id (xid8) and a sequence value taken
 // at write time. Sequence values do not follow commit order, so a reader
 // asking for "seq > last" would skip a row whose transaction commits late.

@@ -74,8 +74,8 @@ func ValueJSON(dst, text []byte, t *Type) ([]byte, error) {
 		}
 		if t.Kind == kindFloat {
 			// to_jsonb stores numbers as numeric, which writes 1e+100 out
-			// in full.
-			return appendPlainDecimal(dst, text)
+			// in full and has no negative zero.
+			return appendNumeric(dst, text)
 		}
 		return append(dst, text...), nil
 	case kindDate:
@@ -125,6 +125,8 @@ func appendPlainDecimal(dst, num []byte) ([]byte, error) {
 		point--
 	}
 	switch {
+	case len(digits) == 1 && digits[0] == '0' && point > 0:
+		dst = append(dst, '0') // 0e3 is 0, not 0000
 	case point <= 0:
 		dst = append(dst, "0."...)
 		dst = append(dst, bytes.Repeat([]byte{'0'}, -point)...)

@@ -172,3 +172,49 @@ func TestConcurrentUp(t *testing.T) {
 		t.Error("pgfeed.changes missing")
 	}
 }
+
+// TestChunkedLogRollsBack checks that rolling back 00004 turns the chunks of
+// the change log back into one row per change, with its key, and that
+// migrating up again keeps them.
+func TestChunkedLogRollsBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openDB(t)
+	if _, err := migrations.Up(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE t (a int, b text, v float8, PRIMARY KEY (a, b));
+		CREATE TRIGGER i AFTER INSERT ON t REFERENCING NEW TABLE AS pgfeed_new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgfeed.capture_insert('a', 'b');
+		CREATE TRIGGER u AFTER UPDATE ON t FOR EACH ROW EXECUTE FUNCTION pgfeed.capture_row('a', 'b');
+		INSERT INTO t SELECT g, 'x', g * 1e20 FROM generate_series(1, 3) g;
+		UPDATE t SET v = 0 WHERE a = 2;
+		DROP TABLE t`); err != nil {
+		t.Fatal(err)
+	}
+	const want = `insert {"a": 1, "b": "x"} {"a": 1, "b": "x", "v": 100000000000000000000} ` +
+		`insert {"a": 2, "b": "x"} {"a": 2, "b": "x", "v": 200000000000000000000} ` +
+		`insert {"a": 3, "b": "x"} {"a": 3, "b": "x", "v": 300000000000000000000} ` +
+		`update {"a": 2, "b": "x"} {"a": 2, "b": "x", "v": 0} `
+	if r, err := migrations.Down(ctx, db); err != nil || r == nil || !strings.HasPrefix(r.Name, "00004") {
+		t.Fatalf("down = %+v, %v; want 00004 rolled back", r, err)
+	}
+	var got string
+	if err := db.QueryRow(`SELECT string_agg(op || ' ' || key::text || ' ' || new::text || ' ', '' ORDER BY seq, new->>'a')
+		FROM pgfeed.changes`).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Errorf("log after down:\n got  %s\n want %s", got, want)
+	}
+	if _, err := migrations.Up(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow(`SELECT string_agg(op || ' ' || array_to_string(key_columns, ',') || ' ' || new::text, ';' ORDER BY seq)
+		FROM pgfeed.changes`).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if want := `insert a,b {"a": 1, "b": "x", "v": 100000000000000000000};insert a,b {"a": 2, "b": "x", "v": 200000000000000000000};` +
+		`insert a,b {"a": 3, "b": "x", "v": 300000000000000000000};update a,b {"a": 2, "b": "x", "v": 0}`; got != want {
+		t.Errorf("log after down and up:\n got  %s\n want %s", got, want)
+	}
+}

@@ -6,7 +6,7 @@
 // truncate} on the table, calling pgfeed's generic capture functions (package
 // migrations). On an ordinary table INSERT and DELETE are captured by
 // statement-level triggers with transition tables, so a bulk write logs its
-// rows in one set-based statement; UPDATE is captured per row, because the
+// rows in one set-based statement, as JSON arrays of rows; UPDATE is captured per row, because the
 // old and new transition rows of a statement are not paired by anything
 // PostgreSQL guarantees. On partitions and inheritance children every DML
 // trigger is row-level: statement-level triggers of a child do not fire when

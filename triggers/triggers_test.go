@@ -45,23 +45,68 @@ type change struct {
 	TxID              uint64
 }
 
-// changes returns the log in seq order and empties it.
+// changes returns the log in seq order and empties it, a statement's chunk
+// of rows split into one change per row.
 func changes(t *testing.T, conn *pgx.Conn) []change {
 	t.Helper()
 	rows, err := conn.Query(context.Background(),
-		`DELETE FROM pgfeed.changes RETURNING seq, txid::text::bigint, schema_name, table_name, op, key, new, old`)
+		`DELETE FROM pgfeed.changes RETURNING seq, txid::text::bigint, schema_name, table_name, op, key_columns, new, old`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	type withSeq struct {
 		seq int64
-		c   change
+		c   []change
 	}
 	var out []withSeq
 	for rows.Next() {
-		var w withSeq
-		if err := rows.Scan(&w.seq, &w.c.TxID, &w.c.Schema, &w.c.Table, &w.c.Op, &w.c.Key, &w.c.New, &w.c.Old); err != nil {
+		var (
+			w        withSeq
+			c        change
+			keyCols  []string
+			newV, oV any
+		)
+		if err := rows.Scan(&w.seq, &c.TxID, &c.Schema, &c.Table, &c.Op, &keyCols, &newV, &oV); err != nil {
 			t.Fatal(err)
+		}
+		keyOf := func(row map[string]any) map[string]any {
+			if keyCols == nil {
+				return nil
+			}
+			k := map[string]any{}
+			for _, col := range keyCols {
+				k[col] = row[col]
+			}
+			return k
+		}
+		switch {
+		case c.Op == "truncate":
+			w.c = append(w.c, c)
+		case isArray(newV) || isArray(oV):
+			chunk, _ := newV.([]any)
+			if chunk == nil {
+				chunk, _ = oV.([]any)
+			}
+			for _, r := range chunk {
+				row, _ := r.(map[string]any)
+				e := c
+				if newV != nil {
+					e.New = row
+				} else {
+					e.Old = row
+				}
+				e.Key = keyOf(row)
+				w.c = append(w.c, e)
+			}
+		default:
+			c.New, _ = newV.(map[string]any)
+			c.Old, _ = oV.(map[string]any)
+			if c.New != nil {
+				c.Key = keyOf(c.New)
+			} else {
+				c.Key = keyOf(c.Old)
+			}
+			w.c = append(w.c, c)
 		}
 		out = append(out, w)
 	}
@@ -69,11 +114,16 @@ func changes(t *testing.T, conn *pgx.Conn) []change {
 		t.Fatal(err)
 	}
 	slices.SortFunc(out, func(a, b withSeq) int { return int(a.seq - b.seq) })
-	cs := make([]change, len(out))
-	for i, w := range out {
-		cs[i] = w.c
+	var cs []change
+	for _, w := range out {
+		cs = append(cs, w.c...)
 	}
 	return cs
+}
+
+func isArray(v any) bool {
+	_, ok := v.([]any)
+	return ok
 }
 
 // toJSONB returns what to_jsonb gives for the row of table with id.

@@ -149,7 +149,7 @@ func checkDemo(t *testing.T, conn *pgx.Conn) {
 		t.Fatal(err)
 	}
 	var newRow string
-	err := conn.QueryRow(ctx, `SELECT count(*) OVER (), new->>'customer' FROM pgfeed.changes
+	err := conn.QueryRow(ctx, `SELECT count(*) OVER (), new->0->>'customer' FROM pgfeed.changes
 		WHERE schema_name = 'public' AND table_name = 'demo_orders' AND op = 'insert'
 		ORDER BY seq DESC LIMIT 1`).Scan(&after, &newRow)
 	if err != nil {
