@@ -8,13 +8,19 @@
 // subscription index, and hands it to each matching subscription's
 // connection queue, encoding the event JSON once per distinct column
 // projection and sharing the bytes. Every connection has one bounded queue
-// and one writer goroutine; the fan-out never waits on a connection: when a
+// and at most one writer; the fan-out never waits on a connection: when a
 // queue overflows, its connection is closed as a slow consumer.
 //
-// Goroutines: per WebSocket connection the handler's goroutine reads and a
-// writer goroutine it starts (and waits for) drains the queue; per SSE
-// stream likewise; a long poll runs its subscription beside its wait. Serve
-// waits for every connection it tracks before returning.
+// Goroutines: a WebSocket connection leaves the upgrade handler for a
+// goroutine of its own (wsConn.run), which reads; each client message is
+// handled on a short-lived goroutine it waits for, so that the reader's
+// stack stays small. A writer goroutine runs only while the queue has
+// something to send, a ping is due or the token expired (the queue's notify
+// starts it); it writes a burst corked (one system call) and ends after
+// writerLinger idle. run waits for the writers. Per SSE stream the
+// handler's goroutine and a writer it waits for; a long poll runs its
+// subscription beside its wait. Serve waits for every connection it tracks
+// before returning.
 //
 // Invariants:
 //   - A subscription gets each change at most once, in stream order, and
@@ -39,4 +45,6 @@
 // has its own lock, taken inside hub.mu. rlsGroups.mu is taken before
 // rlsGroup.mu, and neither is held while delivering. Server.mu guards only
 // the set of connections and is never held while taking another lock.
+// wsConn.mu is taken before queue.mu (a writer deciding to end checks the
+// queue under it); the queue calls notify after releasing queue.mu.
 package feed

@@ -34,7 +34,10 @@ type queue struct {
 	closed string // guarded by mu: why the queue closed; "" while open
 
 	ready chan struct{} // one token: the writer has something to do
-	space chan struct{} // one token: the writer took items, so pushWait may go on
+	// notify, when set (before the first push), is called instead of
+	// signalling ready: a WebSocket connection starts its writer then.
+	notify func()
+	space  chan struct{} // one token: the writer took items, so pushWait may go on
 }
 
 func newQueue(maxItems, maxBytes int) *queue {
@@ -115,6 +118,10 @@ func (q *queue) pushAll(its []item) bool {
 }
 
 func (q *queue) signal() {
+	if q.notify != nil {
+		q.notify()
+		return
+	}
 	select {
 	case q.ready <- struct{}{}:
 	default:
@@ -154,4 +161,11 @@ func (q *queue) take(buf []item) ([]item, string) {
 	default:
 	}
 	return buf, q.closed
+}
+
+// idle reports whether the queue is open and empty.
+func (q *queue) idle() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items) == 0 && q.closed == ""
 }

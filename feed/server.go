@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
+	"runtime/metrics"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -292,7 +294,6 @@ type client struct {
 	expires time.Time                // guarded by mu: when the token expires; zero: never
 	subs    map[string]*subscription // guarded by mu
 
-	reauth  chan struct{}  // one token: the identity (and expiry) changed
 	replays sync.WaitGroup // WebSocket replays running beside the reader
 }
 
@@ -300,7 +301,7 @@ func (s *Server) newClient(id identity) *client {
 	return &client{
 		q:  newQueue(s.cfg.QueueMessages, s.cfg.QueueBytes),
 		id: id.Identity, expires: id.expires,
-		subs: make(map[string]*subscription), reauth: make(chan struct{}, 1),
+		subs: make(map[string]*subscription),
 	}
 }
 
@@ -578,4 +579,29 @@ func (s *Server) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "# HELP pgfeed_rls_errors_total Changes whose row-level security check failed; they were withheld from that group.\n# TYPE pgfeed_rls_errors_total counter\npgfeed_rls_errors_total %d\n", r.errors.Load())
 	}
 	fmt.Fprintf(w, "# HELP pgfeed_stream_tick The tick the stream has reached.\n# TYPE pgfeed_stream_tick gauge\npgfeed_stream_tick %d\n", pos.Tick)
+	writeRuntimeMetrics(w)
+}
+
+// runtimeMetrics are the Go runtime's figures /metrics reports: what a
+// connection costs shows in them (runtime/metrics reads them without
+// stopping the world).
+var runtimeMetrics = []struct{ name, help, key string }{
+	{"go_goroutines", "Goroutines that exist.", "/sched/goroutines:goroutines"},
+	{"go_heap_objects_bytes", "Bytes of heap objects, live or not yet swept.", "/memory/classes/heap/objects:bytes"},
+	{"go_stack_bytes", "Bytes of goroutine stacks.", "/memory/classes/heap/stacks:bytes"},
+	{"go_total_bytes", "Bytes mapped by the Go runtime.", "/memory/classes/total:bytes"},
+}
+
+func writeRuntimeMetrics(w io.Writer) {
+	samples := make([]metrics.Sample, len(runtimeMetrics))
+	for i, m := range runtimeMetrics {
+		samples[i].Name = m.key
+	}
+	metrics.Read(samples)
+	for i, m := range runtimeMetrics {
+		if samples[i].Value.Kind() != metrics.KindUint64 {
+			continue
+		}
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s gauge\n%s %d\n", m.name, m.help, m.name, m.name, samples[i].Value.Uint64())
+	}
 }

@@ -27,9 +27,9 @@ type wsMessage struct {
 	Token  string          `json:"token"`
 }
 
-// serveWS runs one WebSocket connection. The handler's goroutine reads and
-// answers the client; one writer goroutine, which it waits for, drains the
-// connection's queue.
+// serveWS upgrades the request and hands the connection to its own
+// goroutine (wsConn.run), so that net/http's per-request state is released
+// when this handler returns; the Server waits for that goroutine.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	id, aerr := s.identify(r)
 	if aerr != nil {
@@ -41,47 +41,36 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		opts = &websocket.AcceptOptions{InsecureSkipVerify: true}
 	}
 	c := s.newClient(id)
+	ws := newWSConn(s, c)
 	if aerr := s.track(c); aerr != nil {
 		writeError(w, aerr)
 		return
 	}
-	defer s.untrack(c)
-	conn, err := websocket.Accept(w, r, opts)
-	if err != nil {
+	cw := &corkingWriter{ResponseWriter: w, timeout: s.cfg.WriteTimeout}
+	conn, err := websocket.Accept(cw, r, opts)
+	if err != nil || cw.sock == nil {
+		if conn != nil {
+			_ = conn.CloseNow()
+		}
+		s.untrack(c)
 		return // Accept has answered the client
 	}
-	conn.SetReadLimit(-1) // enforced below, to answer too_large first
-
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		defer cancel() // the writer ending (slow client, shutdown) ends the reader
-		s.wsWriter(ctx, conn, c)
-	}()
-	// The reader and the replays it starts get their own context, ended
-	// with the reader; the writer goes on to send what is queued (an error,
-	// a close reason) until the queue closes.
-	rctx, rcancel := context.WithCancel(ctx)
-	s.wsReader(rctx, conn, c)
-	rcancel()
-	c.replays.Wait()
-	s.endAll(c)
-	c.q.close("closed")
-	<-writerDone
-	_ = conn.CloseNow()
+	conn.SetReadLimit(-1) // enforced by the reader, to answer too_large first
+	ws.start(conn, cw.sock)
+	go ws.run()
 }
 
 // wsReader reads client messages until the connection ends.
-func (s *Server) wsReader(ctx context.Context, conn *websocket.Conn, c *client) {
+func (s *Server) wsReader(ctx context.Context, ws *wsConn) {
+	conn, c := ws.conn, ws.c
 	limit := int64(s.cfg.MaxMessageBytes)
 	// A token bucket for subscribe messages: SubscribeRate a second, bursts
 	// of twice that.
-	burst := float64(2 * s.cfg.SubscribeRate)
-	tokens, last := burst, time.Now()
+	rate := &rateLimit{tokens: float64(2 * s.cfg.SubscribeRate), last: time.Now()}
 	for {
-		typ, rd, err := conn.Reader(ctx)
+		// Not ctx: the connection ends by being closed, and a
+		// cancellable context costs every read a context.AfterFunc.
+		typ, rd, err := conn.Reader(context.Background())
 		if err != nil {
 			return
 		}
@@ -99,33 +88,55 @@ func (s *Server) wsReader(ctx context.Context, conn *websocket.Conn, c *client) 
 			s.wsError(c, nil, errorf("bad_request", "messages must be JSON text frames"))
 			continue
 		}
-		var m wsMessage
-		if err := json.Unmarshal(data, &m); err != nil {
-			s.wsError(c, nil, errorf("bad_request", "message is not valid JSON: %s", err.Error()))
-			continue
+		// Handled on a goroutine of its own, waited for: decoding and
+		// subscribing run deep call chains (JSON, the catalog's queries),
+		// and a stack that grew for them would stay with this long-lived
+		// goroutine while the connection idles.
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.wsHandle(ctx, ws, data, rate)
+		}()
+		<-done
+	}
+}
+
+// rateLimit is a token bucket; only the reader's message handling uses it,
+// one message at a time.
+type rateLimit struct {
+	tokens float64
+	last   time.Time
+}
+
+// wsHandle answers one client message.
+func (s *Server) wsHandle(ctx context.Context, ws *wsConn, data []byte, rate *rateLimit) {
+	c := ws.c
+	var m wsMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		s.wsError(c, nil, errorf("bad_request", "message is not valid JSON: %s", err.Error()))
+		return
+	}
+	switch m.Type {
+	case "subscribe":
+		now := time.Now()
+		rate.tokens = min(float64(2*s.cfg.SubscribeRate), rate.tokens+now.Sub(rate.last).Seconds()*float64(s.cfg.SubscribeRate))
+		rate.last = now
+		if rate.tokens < 1 {
+			s.wsError(c, m.ID, errorf("rate_limited", "more than %d subscribe messages a second", s.cfg.SubscribeRate))
+			return
 		}
-		switch m.Type {
-		case "subscribe":
-			now := time.Now()
-			tokens = min(burst, tokens+now.Sub(last).Seconds()*float64(s.cfg.SubscribeRate))
-			last = now
-			if tokens < 1 {
-				s.wsError(c, m.ID, errorf("rate_limited", "more than %d subscribe messages a second", s.cfg.SubscribeRate))
-				continue
-			}
-			tokens--
-			s.wsSubscribe(ctx, c, m)
-		case "unsubscribe":
-			s.wsUnsubscribe(c, m)
-		case "ping":
-			s.wsSend(c, map[string]any{"type": "pong"})
-		case "auth":
-			s.wsAuth(ctx, c, m.Token)
-		case "":
-			s.wsError(c, m.ID, errorf("bad_request", "message has no type"))
-		default:
-			s.wsError(c, m.ID, errorf("bad_request", "unknown message type %q", m.Type))
-		}
+		rate.tokens--
+		s.wsSubscribe(ctx, c, m)
+	case "unsubscribe":
+		s.wsUnsubscribe(c, m)
+	case "ping":
+		s.wsSend(c, map[string]any{"type": "pong"})
+	case "auth":
+		s.wsAuth(ctx, ws, m.Token)
+	case "":
+		s.wsError(c, m.ID, errorf("bad_request", "message has no type"))
+	default:
+		s.wsError(c, m.ID, errorf("bad_request", "unknown message type %q", m.Type))
 	}
 }
 
@@ -213,7 +224,8 @@ func (s *Server) wsSubscribe(ctx context.Context, c *client, m wsMessage) {
 // subscription is authorized again: those the new claims no longer allow
 // end with a forbidden error; the others go on, with the new claims'
 // policy filter and columns, without a gap.
-func (s *Server) wsAuth(ctx context.Context, c *client, raw string) {
+func (s *Server) wsAuth(ctx context.Context, ws *wsConn, raw string) {
+	c := ws.c
 	if raw == "" {
 		s.wsError(c, nil, errorf("bad_request", "auth needs a token"))
 		return
@@ -230,10 +242,7 @@ func (s *Server) wsAuth(ctx context.Context, c *client, raw string) {
 		subs = append(subs, sub)
 	}
 	c.mu.Unlock()
-	select {
-	case c.reauth <- struct{}{}:
-	default:
-	}
+	ws.armExpiry()
 	for _, sub := range subs {
 		req := sub.req
 		req.since = ""
@@ -284,74 +293,6 @@ func (s *Server) wsError(c *client, id json.RawMessage, e *apiError) {
 	s.wsSend(c, map[string]any{"type": "error", "id": idv, "code": e.code, "message": e.message})
 }
 
-// wsWriter drains the queue onto the socket, every write under a deadline,
-// and pings the client; it closes the socket when the queue closes.
-func (s *Server) wsWriter(ctx context.Context, conn *websocket.Conn, c *client) {
-	ping := time.NewTicker(s.cfg.Heartbeat)
-	defer ping.Stop()
-	_, expires := c.identity()
-	expired, stopExpiry := expiryTimer(expires)
-	defer func() { stopExpiry() }()
-	var buf []item
-	var frame []byte
-	// Every write runs under a deadline: a watchdog, re-armed per message,
-	// closes the connection when one takes longer than WriteTimeout. (A
-	// context with a deadline per message costs coder/websocket a
-	// context.AfterFunc per frame: a tenth of the writer's CPU.)
-	watchdog := time.AfterFunc(time.Hour, func() { _ = conn.CloseNow() })
-	watchdog.Stop()
-	defer watchdog.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-c.reauth:
-			stopExpiry()
-			_, expires = c.identity()
-			expired, stopExpiry = expiryTimer(expires)
-			continue
-		case <-expired:
-			_ = conn.Close(websocket.StatusPolicyViolation, "token_expired")
-			return
-		case <-ping.C:
-			pctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
-			err := conn.Ping(pctx)
-			cancel()
-			if err != nil {
-				return
-			}
-			continue
-		case <-c.q.ready:
-		}
-		var reason string
-		buf, reason = c.q.take(buf)
-		for _, it := range buf {
-			watchdog.Reset(s.cfg.WriteTimeout)
-			if err := s.wsWrite(conn, it, &frame); err != nil {
-				return
-			}
-		}
-		watchdog.Stop()
-		clear(buf)
-		switch reason {
-		case "":
-		case "slow_consumer":
-			s.slow.Add(1)
-			s.cfg.Logger.Info("closing slow WebSocket client")
-			_ = conn.Close(websocket.StatusTryAgainLater, "slow_consumer")
-			return
-		case "too_large":
-			_ = conn.Close(websocket.StatusMessageTooBig, "too_large")
-			return
-		case "going_away":
-			_ = conn.Close(websocket.StatusGoingAway, "server shutting down")
-			return
-		default:
-			return
-		}
-	}
-}
-
 var changePrefix = []byte(`{"type":"change","sub":`)
 
 // wsWrite writes one queued item as one frame. A change is framed as
@@ -359,7 +300,7 @@ var changePrefix = []byte(`{"type":"change","sub":`)
 // into buf (the writer's own, reused): one frame, so one flush and one
 // write system call per message (a streamed message costs a frame, and a
 // flush, per piece).
-// The caller's watchdog bounds the write.
+// The socket's write deadline bounds the write.
 func (s *Server) wsWrite(conn *websocket.Conn, it item, buf *[]byte) error {
 	b := (*buf)[:0]
 	switch {

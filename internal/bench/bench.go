@@ -391,6 +391,12 @@ type IdleReport struct {
 	ServerConnections   int64 `json:"server_connections"`
 	ServerSubscriptions int64 `json:"server_subscriptions"`
 
+	// Per connection, from the Go runtime's figures on /metrics before the
+	// connections were opened and after they settled: where RSS goes.
+	GoroutinesPerConnection float64 `json:"goroutines_per_connection"`
+	HeapPerConnection       float64 `json:"heap_objects_per_connection_bytes"`
+	StackPerConnection      float64 `json:"stack_per_connection_bytes"`
+
 	Server   ServerExit `json:"server"`
 	Problems []string   `json:"problems"`
 }
@@ -405,6 +411,8 @@ func (r *IdleReport) WriteText(w io.Writer) {
 		mib(r.RSSBeforeBytes), mib(r.RSSAfterBytes), r.SettleSeconds, r.RSSPerConnection, r.RSSPerConnection/1024)
 	fmt.Fprintf(w, "  server anon: %.1f MiB before, %.1f MiB after: %.0f bytes (%.1f KiB) per connection\n",
 		mib(r.AnonBeforeBytes), mib(r.AnonAfterBytes), r.AnonPerConnection, r.AnonPerConnection/1024)
+	fmt.Fprintf(w, "  go runtime:  per connection %.2f goroutines, %.0f bytes of stacks, %.0f bytes of heap objects (live or unswept)\n",
+		r.GoroutinesPerConnection, r.StackPerConnection, r.HeapPerConnection)
 	fmt.Fprintf(w, "  server:      pid %d, exit %s in %.2f s\n", r.Server.PID, r.Server.Exit, r.Server.ShutdownSeconds)
 	writeProblems(w, r.Problems)
 }

@@ -41,6 +41,10 @@ func Idle(ctx context.Context, o Options) (_ *IdleReport, err error) {
 		return nil, err
 	}
 
+	before, err := srv.metrics(ctx)
+	if err != nil {
+		return nil, err
+	}
 	o.logf("opening %d WebSocket connections with one subscription each", o.Connections)
 	start := time.Now()
 	subs, err := openAll(ctx, newDialer(srv.addr, start), o.Connections, 0, &o)
@@ -66,7 +70,14 @@ func Idle(ctx context.Context, o Options) (_ *IdleReport, err error) {
 	if rep.RSSAfterBytes, rep.AnonAfterBytes, err = srv.memory(); err != nil {
 		return nil, err
 	}
+	after, err := srv.metrics(ctx)
+	if err != nil {
+		return nil, err
+	}
 	n := float64(o.Connections)
+	rep.GoroutinesPerConnection = (after["go_goroutines"] - before["go_goroutines"]) / n
+	rep.StackPerConnection = (after["go_stack_bytes"] - before["go_stack_bytes"]) / n
+	rep.HeapPerConnection = (after["go_heap_objects_bytes"] - before["go_heap_objects_bytes"]) / n
 	rep.RSSPerConnection = float64(rep.RSSAfterBytes-rep.RSSBeforeBytes) / n
 	rep.AnonPerConnection = float64(rep.AnonAfterBytes-rep.AnonBeforeBytes) / n
 

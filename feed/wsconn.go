@@ -1,0 +1,355 @@
+package feed
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// What an idle WebSocket connection holds is what decides how many clients
+// a node serves (a 10,000-connection node is common), so a connection keeps
+// only this while nothing happens: one goroutine (its reader, started fresh
+// so that net/http's request, buffers and deep stack are released when the
+// upgrade handler returns), small read and write buffers, and two timers. A
+// writer goroutine runs only while there is something to send, and lingers
+// for writerLinger so that a busy connection does not start one per batch.
+const (
+	wsReadBuffer  = 512 // client messages are small JSON; bigger reads bypass it
+	wsWriteBuffer = 256 // writes go through sock, which batches them anyway
+	writerLinger  = 2 * time.Second
+	// corkFlushBytes bounds what a corked socket buffers before it sends.
+	corkFlushBytes = 64 << 10
+)
+
+// corkPool holds the buffers of corked sockets: a connection holds one only
+// while its writer sends a burst.
+var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
+
+// corkConn is a hijacked WebSocket connection's socket. While its writer
+// has it corked, writes collect in a pooled buffer that uncork sends with
+// one system call: a burst of queued messages costs one write, where
+// coder/websocket flushes each message on its own. Every write to the
+// network runs under the write deadline.
+type corkConn struct {
+	net.Conn
+	timeout time.Duration
+	rest    []byte // read by net/http before the hijack; the reader's alone
+
+	mu     sync.Mutex
+	corked bool    // guarded by mu
+	buf    *[]byte // guarded by mu: set while corked
+	err    error   // guarded by mu: the first failed write; later ones fail too
+}
+
+func (c *corkConn) Read(p []byte) (int, error) {
+	if len(c.rest) > 0 {
+		n := copy(p, c.rest)
+		if c.rest = c.rest[n:]; len(c.rest) == 0 {
+			c.rest = nil
+		}
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *corkConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, c.err
+	}
+	if !c.corked {
+		return c.send(p)
+	}
+	*c.buf = append(*c.buf, p...)
+	if len(*c.buf) >= corkFlushBytes {
+		if _, err := c.send(*c.buf); err != nil {
+			return 0, err
+		}
+		*c.buf = (*c.buf)[:0]
+	}
+	return len(p), nil
+}
+
+// send writes p to the network under the deadline. c.mu is held.
+func (c *corkConn) send(p []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		c.err = err
+	}
+	return n, err
+}
+
+func (c *corkConn) cork() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.corked {
+		c.corked, c.buf = true, corkPool.Get().(*[]byte)
+	}
+}
+
+// uncork sends what the cork held.
+func (c *corkConn) uncork() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.corked {
+		return c.err
+	}
+	var err error
+	if len(*c.buf) > 0 && c.err == nil {
+		_, err = c.send(*c.buf)
+	}
+	*c.buf = (*c.buf)[:0]
+	if cap(*c.buf) <= corkFlushBytes*2 {
+		corkPool.Put(c.buf)
+	}
+	c.corked, c.buf = false, nil
+	if err == nil {
+		err = c.err
+	}
+	return err
+}
+
+// corkingWriter makes websocket.Accept hijack into a corkConn with small
+// buffers.
+type corkingWriter struct {
+	http.ResponseWriter
+	timeout time.Duration
+	sock    *corkConn // set by Hijack
+}
+
+func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	raw, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.sock = &corkConn{Conn: raw, timeout: w.timeout}
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		w.sock.rest = bytes.Clone(b)
+	}
+	return w.sock, bufio.NewReadWriter(bufio.NewReaderSize(w.sock, wsReadBuffer), bufio.NewWriterSize(w.sock, wsWriteBuffer)), nil
+}
+
+// wsConn is one WebSocket connection: its reader goroutine runs the
+// connection (wsConn.run) and starts a writer goroutine whenever its queue
+// has something to send, a ping is due or the token expired.
+type wsConn struct {
+	s    *Server
+	c    *client
+	conn *websocket.Conn // set once by start, under mu
+	sock *corkConn       // likewise
+	wake chan struct{}   // one token: a running writer has something to do
+
+	mu      sync.Mutex
+	writing bool        // guarded by mu: a writer goroutine runs
+	ended   bool        // guarded by mu: the connection is over; no writer starts
+	pingDue bool        // guarded by mu
+	expired bool        // guarded by mu: the token expired
+	expiry  *time.Timer // guarded by mu: fires when the token expires
+	ping    *time.Timer // set by start
+	writers sync.WaitGroup
+}
+
+func newWSConn(s *Server, c *client) *wsConn {
+	ws := &wsConn{s: s, c: c, wake: make(chan struct{}, 1)}
+	c.q.notify = ws.kick // before anything can push to the queue
+	return ws
+}
+
+// start attaches the upgraded connection; until then kick only records
+// that there is work.
+func (ws *wsConn) start(conn *websocket.Conn, sock *corkConn) {
+	ws.mu.Lock()
+	ws.conn, ws.sock = conn, sock
+	ws.ping = time.AfterFunc(ws.s.cfg.Heartbeat, func() {
+		ws.mu.Lock()
+		ws.pingDue = true
+		ws.mu.Unlock()
+		ws.kick()
+	})
+	ws.mu.Unlock()
+	ws.armExpiry()
+	ws.kick()
+}
+
+// run serves the connection until it ends. The caller has tracked c; run
+// untracks it when every goroutine of the connection has ended.
+func (ws *wsConn) run() {
+	defer ws.s.untrack(ws.c)
+	// Reads and the subscriptions they start stop when the reader does;
+	// the writer goes on to send what is queued (an error, a close
+	// reason) until the queue closes.
+	ctx, cancel := context.WithCancel(context.Background())
+	ws.s.wsReader(ctx, ws)
+	cancel()
+	ws.c.replays.Wait()
+	ws.s.endAll(ws.c)
+	ws.c.q.close("closed")
+	ws.mu.Lock()
+	ws.ended = true
+	ws.ping.Stop()
+	if ws.expiry != nil {
+		ws.expiry.Stop()
+	}
+	ws.mu.Unlock()
+	ws.writers.Wait()
+	_ = ws.conn.CloseNow()
+}
+
+// armExpiry (re)starts the timer of the client's token expiry.
+func (ws *wsConn) armExpiry() {
+	_, expires := ws.c.identity()
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.expiry != nil {
+		ws.expiry.Stop()
+		ws.expiry = nil
+	}
+	if ws.ended || expires.IsZero() {
+		return
+	}
+	ws.expiry = time.AfterFunc(time.Until(expires), func() {
+		ws.mu.Lock()
+		ws.expired = true
+		ws.mu.Unlock()
+		ws.kick()
+	})
+}
+
+// kick makes sure a writer runs: it wakes the running one or starts one.
+// It never blocks, so the fan-out may call it (through the queue).
+func (ws *wsConn) kick() {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.conn == nil || ws.ended && !ws.writing {
+		return
+	}
+	if ws.writing {
+		select {
+		case ws.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	ws.writing = true
+	ws.writers.Add(1)
+	go ws.write()
+}
+
+// write is the writer goroutine: it sends queued messages (corked: one
+// system call per burst), pings, and closes the connection when the queue
+// closes or the token expires. It ends after writerLinger with nothing to
+// do.
+func (ws *wsConn) write() {
+	defer ws.writers.Done()
+	var (
+		buf   []item
+		frame []byte
+		idle  *time.Timer
+	)
+	defer func() {
+		if idle != nil {
+			idle.Stop()
+		}
+	}()
+	stop := func() {
+		ws.mu.Lock()
+		ws.writing, ws.ended = false, true
+		ws.mu.Unlock()
+	}
+	for {
+		ws.mu.Lock()
+		ping, expired := ws.pingDue, ws.expired
+		ws.pingDue = false
+		ws.mu.Unlock()
+		if expired {
+			stop()
+			_ = ws.conn.Close(websocket.StatusPolicyViolation, "token_expired")
+			return
+		}
+		if ping {
+			ctx, cancel := context.WithTimeout(context.Background(), ws.s.cfg.WriteTimeout)
+			err := ws.conn.Ping(ctx)
+			cancel()
+			if err != nil {
+				stop()
+				_ = ws.conn.CloseNow()
+				return
+			}
+			ws.mu.Lock()
+			if !ws.ended {
+				ws.ping.Reset(ws.s.cfg.Heartbeat)
+			}
+			ws.mu.Unlock()
+		}
+		var reason string
+		buf, reason = ws.c.q.take(buf)
+		if len(buf) > 0 {
+			ws.sock.cork()
+			var err error
+			for _, it := range buf {
+				if err = ws.s.wsWrite(ws.conn, it, &frame); err != nil {
+					break
+				}
+			}
+			if uerr := ws.sock.uncork(); err == nil {
+				err = uerr
+			}
+			clear(buf)
+			if err != nil {
+				stop()
+				_ = ws.conn.CloseNow()
+				return
+			}
+		}
+		switch reason {
+		case "":
+		case "slow_consumer":
+			stop()
+			ws.s.slow.Add(1)
+			ws.s.cfg.Logger.Info("closing slow WebSocket client")
+			_ = ws.conn.Close(websocket.StatusTryAgainLater, "slow_consumer")
+			return
+		case "too_large":
+			stop()
+			_ = ws.conn.Close(websocket.StatusMessageTooBig, "too_large")
+			return
+		case "going_away":
+			stop()
+			_ = ws.conn.Close(websocket.StatusGoingAway, "server shutting down")
+			return
+		default:
+			stop()
+			return
+		}
+		if len(buf) > 0 || ping {
+			continue
+		}
+		// Nothing to do: wait a little for more, then end.
+		if idle == nil {
+			idle = time.NewTimer(writerLinger)
+		} else {
+			idle.Reset(writerLinger)
+		}
+		select {
+		case <-ws.wake:
+			continue
+		case <-idle.C:
+		}
+		ws.mu.Lock()
+		if !ws.pingDue && !ws.expired && ws.c.q.idle() {
+			ws.writing = false
+			ws.mu.Unlock()
+			return
+		}
+		ws.mu.Unlock()
+	}
+}

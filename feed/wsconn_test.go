@@ -1,0 +1,126 @@
+package feed_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/pgfeed/pgfeed/feed"
+)
+
+// clientFrame is a masked WebSocket text frame, as a client sends it.
+func clientFrame(payload string) []byte {
+	key := [4]byte{1, 2, 3, 4}
+	f := []byte{0x81}
+	switch n := len(payload); {
+	case n < 126:
+		f = append(f, 0x80|byte(n))
+	default:
+		f = append(f, 0x80|126, byte(n>>8), byte(n))
+	}
+	f = append(f, key[:]...)
+	for i := range len(payload) {
+		f = append(f, payload[i]^key[i%4])
+	}
+	return f
+}
+
+// serverMessage reads one unmasked text frame.
+func serverMessage(t *testing.T, r *bufio.Reader) map[string]any {
+	t.Helper()
+	var h [2]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		t.Fatal(err)
+	}
+	if h[0] != 0x81 {
+		t.Fatalf("frame header %x, want a final text frame", h)
+	}
+	n := int(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var l [2]byte
+		if _, err := io.ReadFull(r, l[:]); err != nil {
+			t.Fatal(err)
+		}
+		n = int(binary.BigEndian.Uint16(l[:]))
+	case 127:
+		var l [8]byte
+		if _, err := io.ReadFull(r, l[:]); err != nil {
+			t.Fatal(err)
+		}
+		n = int(binary.BigEndian.Uint64(l[:]))
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(r, p); err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	dec := json.NewDecoder(bytes.NewReader(p))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		t.Fatalf("message %q: %v", p, err)
+	}
+	return m
+}
+
+// TestWebSocketFramesSentWithTheUpgrade sends the upgrade request and the
+// first messages in one write, as a client may: the messages net/http read
+// along with the request must reach the connection, and the answers (sent
+// in corked bursts) arrive whole and in order.
+func TestWebSocketFramesSentWithTheUpgrade(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode(feed.Config{})
+	c, err := net.Dial("tcp", n.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	req := "GET /v1/ws HTTP/1.1\r\nHost: " + n.addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	out := []byte(req)
+	out = append(out, clientFrame(`{"type":"ping"}`)...)
+	out = append(out, clientFrame(`{"type":"subscribe","id":"s1","table":"public.orders"}`)...)
+	out = append(out, clientFrame(`{"type":"nonsense","id":"x"}`)...)
+	if _, err := c.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade answered %s", resp.Status)
+	}
+	if m := serverMessage(t, r); m["type"] != "pong" {
+		t.Fatalf("first message %v, want pong", m)
+	}
+	if m := serverMessage(t, r); m["type"] != "subscribed" || m["id"] != "s1" {
+		t.Fatalf("second message %v, want subscribed s1", m)
+	}
+	if m := serverMessage(t, r); m["type"] != "error" || m["code"] != "bad_request" {
+		t.Fatalf("third message %v, want a bad_request error", m)
+	}
+	// A burst: one transaction of 300 rows, every change in order.
+	e.exec(`INSERT INTO orders (id, status, total, user_id) SELECT g, 'open', g, 'u' || g FROM generate_series(1, 300) g`)
+	for i := 1; i <= 300; i++ {
+		m := serverMessage(t, r)
+		if m["type"] != "change" || keyID(m) != i {
+			t.Fatalf("change %d: %v", i, m)
+		}
+	}
+	if _, err := c.Write(clientFrame(`{"type":"ping"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if m := serverMessage(t, r); m["type"] != "pong" {
+		t.Fatalf("after the burst %v, want pong", m)
+	}
+}
