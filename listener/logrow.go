@@ -232,7 +232,7 @@ func canonicalJSON(dst, src []byte) ([]byte, error) {
 func appendNumeric(dst, num []byte) ([]byte, error) {
 	start := len(dst)
 	var err error
-	if bytes.IndexAny(num, "eE") < 0 {
+	if !bytes.ContainsAny(num, "eE") {
 		dst = append(dst, num...)
 	} else if dst, err = appendPlainDecimal(dst, num); err != nil {
 		return dst, err
