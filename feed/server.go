@@ -590,6 +590,7 @@ var runtimeMetrics = []struct{ name, help, key string }{
 	{"go_heap_objects_bytes", "Bytes of heap objects, live or not yet swept.", "/memory/classes/heap/objects:bytes"},
 	{"go_stack_bytes", "Bytes of goroutine stacks.", "/memory/classes/heap/stacks:bytes"},
 	{"go_total_bytes", "Bytes mapped by the Go runtime.", "/memory/classes/total:bytes"},
+	{"go_stack_starting_bytes", "The stack size new goroutines start with.", "/gc/stack/starting-size:bytes"},
 }
 
 func writeRuntimeMetrics(w io.Writer) {
