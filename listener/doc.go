@@ -23,6 +23,14 @@
 //     snapshots grow together, and a batch reads the same on every node: a
 //     Cursor (tick, position) means the same change everywhere.
 //
-// Status: the continuous reader (LISTEN, the awake protocol of
-// pgfeed.listeners, reconnects, pruning) is the next piece of work.
+// Source is the continuous reader: one connection, one goroutine (Run). It
+// LISTENs on channel pgfeed and reads on every wake-up and every Poll. When
+// transactions come at Config.NotifyBelow a second or faster it promises in
+// pgfeed.listeners to read back to back, and writers skip their NOTIFY
+// (whose commit-time lock serializes them); under half that rate it
+// withdraws the promise, then reads until every transaction that began
+// while the promise held has ended, so none waits for the poll. It
+// reconnects with capped, jittered backoff, starting each session asleep
+// (withdrawing whatever promise the previous one left), and prunes ticks
+// and changes older than Retention in bounded batches.
 package listener

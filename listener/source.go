@@ -33,6 +33,15 @@ type Config struct {
 	// AwakeFor is how long one promise to be reading lasts; writers skip
 	// NOTIFY while every listener's promise holds. Zero: 2 s.
 	AwakeFor time.Duration
+	// NotifyBelow is the rate, in captured transactions per second, below
+	// which the source lets writers NOTIFY rather than promising to read:
+	// a NOTIFY wakes it at once (the lowest latency) but serializes
+	// commits, which costs writers only when they commit fast. At this rate
+	// and above it promises to read back to back (writers skip NOTIFY);
+	// under half of it, it withdraws the promise. Zero: 2,000. Negative:
+	// promise whenever changes flow (the cheapest writes; reads poll every
+	// millisecond when they pause).
+	NotifyBelow int
 	// Retention is how long changes stay readable; older ticks and changes
 	// are pruned. Zero: 24 h.
 	Retention time.Duration
@@ -41,6 +50,9 @@ type Config struct {
 	// Logger receives the source's logs. Zero: discard.
 	Logger *slog.Logger
 }
+
+// DefaultNotifyBelow is Config.NotifyBelow's default.
+const DefaultNotifyBelow = 2000
 
 // Source reads the trigger log continuously and emits its batches in order.
 // One Source owns one connection; Run drives it.
@@ -67,6 +79,9 @@ func New(cfg Config) *Source {
 	}
 	if cfg.AwakeFor <= 0 {
 		cfg.AwakeFor = 2 * time.Second
+	}
+	if cfg.NotifyBelow == 0 {
+		cfg.NotifyBelow = DefaultNotifyBelow
 	}
 	if cfg.Retention <= 0 {
 		cfg.Retention = 24 * time.Hour
@@ -149,9 +164,6 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{Channel}.Sanitize()); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	if err := s.setAwake(ctx, conn, true); err != nil {
-		return err
-	}
 	s.mu.Lock()
 	last := s.last
 	s.mu.Unlock()
@@ -170,9 +182,17 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 	defer s.live.Store(false)
 	s.readyOnce.Do(func() { close(s.ready) })
 
+	// Start asleep: writers NOTIFY. A promise this node made before a
+	// reconnect may still hold; sleep withdraws it and reads what writers
+	// that relied on it commit.
+	if err := s.sleep(ctx, conn, emit); err != nil {
+		return err
+	}
 	lastPrune := time.Time{}
-	awakeSince := time.Now()
+	lastBeat := time.Now()
+	awake, awakeSince, waited := false, time.Now(), false
 	idle := 0 // reads in a row that found nothing
+	var rate rateMeter
 	for {
 		if time.Since(lastPrune) >= s.cfg.PruneEvery {
 			if err := s.prune(ctx, conn); err != nil {
@@ -180,11 +200,41 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 			}
 			lastPrune = time.Now()
 		}
-		n, err := s.readNew(ctx, conn, emit)
+		n, txs, err := s.readNew(ctx, conn, emit)
 		if err != nil {
 			return err
 		}
-		if n > 0 || idle < idleReads {
+		rate.add(time.Now(), txs)
+		if !awake {
+			// Writers NOTIFY: each commit wakes this loop at once. Promise
+			// to read instead only when transactions come fast enough for
+			// back-to-back reads to find them as soon (or, with a negative
+			// NotifyBelow, on every wake-up).
+			if s.cfg.NotifyBelow < 0 && waited || n > 0 && rate.perSecond >= float64(s.cfg.NotifyBelow) {
+				if err := s.setAwake(ctx, conn, true); err != nil {
+					return err
+				}
+				awake, awakeSince, idle, waited = true, time.Now(), 0, false
+				continue
+			}
+			waited = false
+			if time.Since(lastBeat) >= s.cfg.Poll {
+				if err := s.heartbeat(ctx, conn); err != nil {
+					return err
+				}
+				lastBeat = time.Now()
+			}
+			if n > 0 {
+				continue // more may have committed meanwhile
+			}
+			if err := waitNotification(ctx, conn, s.cfg.Poll); err != nil {
+				return err
+			}
+			waited = true
+			continue
+		}
+		slow := rate.perSecond < float64(s.cfg.NotifyBelow)/2
+		if (n > 0 || idle < idleReads) && !slow {
 			// Changes are flowing (or paused only a moment): keep reading,
 			// and keep the promise fresh. Going to sleep and waking up
 			// costs several round trips; a short pause between commits
@@ -209,10 +259,27 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 		if err := s.sleep(ctx, conn, emit); err != nil {
 			return err
 		}
-		if err := s.setAwake(ctx, conn, true); err != nil {
-			return err
-		}
-		awakeSince = time.Now()
+		awake, lastBeat = false, time.Now()
+	}
+}
+
+// rateMeter measures transactions per second over windows of rateWindow.
+type rateMeter struct {
+	start     time.Time
+	count     int
+	perSecond float64 // over the last full window
+}
+
+const rateWindow = 250 * time.Millisecond
+
+func (m *rateMeter) add(now time.Time, n int) {
+	if m.start.IsZero() {
+		m.start = now
+	}
+	m.count += n
+	if d := now.Sub(m.start); d >= rateWindow {
+		m.perSecond = float64(m.count) / d.Seconds()
+		m.start, m.count = now, 0
 	}
 }
 
@@ -224,16 +291,15 @@ const (
 )
 
 // readNew cuts a tick and emits every batch not emitted yet. It returns the
-// number of batches emitted.
-func (s *Source) readNew(ctx context.Context, conn *pgx.Conn, emit func(Batch) error) (int, error) {
+// number of batches emitted and of the transactions they held.
+func (s *Source) readNew(ctx context.Context, conn *pgx.Conn, emit func(Batch) error) (n, txs int, err error) {
 	t, _, err := CreateTick(ctx, conn)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	s.mu.Lock()
 	last := s.last
 	s.mu.Unlock()
-	n := 0
 	for id := last + 1; id <= t.ID; id++ {
 		b, err := ReadBatch(ctx, conn, id)
 		if errors.Is(err, ErrTickGone) {
@@ -246,24 +312,29 @@ func (s *Source) readNew(ctx context.Context, conn *pgx.Conn, emit func(Batch) e
 			s.mu.Lock()
 			s.last = t.ID
 			s.mu.Unlock()
-			return n, nil
+			return n, txs, nil
 		}
 		if err != nil {
-			return n, err
+			return n, txs, err
 		}
 		if err := emit(b); err != nil {
-			return n, &emitError{err: fmt.Errorf("emit batch %d: %w", id, err)}
+			return n, txs, &emitError{err: fmt.Errorf("emit batch %d: %w", id, err)}
 		}
 		s.mu.Lock()
 		s.last = id
 		s.mu.Unlock()
 		n++
+		for i, c := range b.Changes {
+			if i == 0 || c.TxID != b.Changes[i-1].TxID {
+				txs++
+			}
+		}
 	}
-	return n, nil
+	return n, txs, nil
 }
 
-// sleep withdraws the promise to be reading, drains what writers that
-// relied on it may still commit, then waits for a NOTIFY or the poll timer.
+// sleep withdraws the promise to be reading and drains what writers that
+// relied on it may still commit; from then on writers NOTIFY.
 func (s *Source) sleep(ctx context.Context, conn *pgx.Conn, emit func(Batch) error) error {
 	if err := s.setAwake(ctx, conn, false); err != nil {
 		return err
@@ -277,7 +348,7 @@ func (s *Source) sleep(ctx context.Context, conn *pgx.Conn, emit func(Batch) err
 	}
 	drainWait := 5 * time.Millisecond
 	for {
-		if _, err := s.readNew(ctx, conn, emit); err != nil {
+		if _, _, err := s.readNew(ctx, conn, emit); err != nil {
 			return err
 		}
 		var done bool
@@ -297,10 +368,7 @@ func (s *Source) sleep(ctx context.Context, conn *pgx.Conn, emit func(Batch) err
 	}
 	// The last read may have raced with a commit; one more read after the
 	// drain closes that window.
-	if _, err := s.readNew(ctx, conn, emit); err != nil {
-		return err
-	}
-	if err := waitNotification(ctx, conn, s.cfg.Poll); err != nil {
+	if _, _, err := s.readNew(ctx, conn, emit); err != nil {
 		return err
 	}
 	return s.heartbeat(ctx, conn)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -122,7 +123,8 @@ func TestSourceDrainsWritersThatSkippedNotify(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	url, conn := capturedTable(t)
-	_, col := startSource(t, url, listener.Config{Poll: time.Minute})
+	// Promising on every wake-up, as at high rates.
+	_, col := startSource(t, url, listener.Config{Poll: time.Minute, NotifyBelow: -1})
 
 	tx, err := conn.Begin(ctx)
 	if err != nil {
@@ -146,6 +148,80 @@ func TestSourceDrainsWritersThatSkippedNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	col.waitFor(t, 1, 20*time.Second)
+}
+
+// TestSourceNotifiedAtLowRates: transactions that come one at a time are
+// each delivered through their NOTIFY (the poll is a minute away), and the
+// source never asks writers to skip it.
+func TestSourceNotifiedAtLowRates(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, conn := capturedTable(t)
+	_, col := startSource(t, url, listener.Config{Poll: time.Minute})
+	for i := range 40 {
+		if _, err := conn.Exec(ctx, `INSERT INTO items (id) VALUES ($1)`, i); err != nil {
+			t.Fatal(err)
+		}
+		col.waitFor(t, i+1, 20*time.Second)
+		var promised bool
+		if err := conn.QueryRow(ctx, `SELECT coalesce(bool_or(awake_until > clock_timestamp()), false) FROM pgfeed.listeners`).Scan(&promised); err != nil {
+			t.Fatal(err)
+		}
+		if promised {
+			t.Fatalf("after %d transactions arriving one at a time the source promised to read (writers skip NOTIFY)", i+1)
+		}
+	}
+}
+
+// TestSourcePromisesAtHighRates: above NotifyBelow the source promises to
+// read (writers skip NOTIFY), withdraws the promise once writes stop, and
+// every change arrives exactly once, in order.
+func TestSourcePromisesAtHighRates(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, conn := capturedTable(t)
+	_, col := startSource(t, url, listener.Config{Poll: time.Minute, NotifyBelow: 20})
+	watcher := pgtest.Connect(t, url)
+	const n = 3000
+	// Watch the promise while the writes go on.
+	stop := make(chan struct{})
+	seen := make(chan bool, 1)
+	go func() {
+		promised := false
+		for !promised {
+			select {
+			case <-stop:
+				seen <- false
+				return
+			default:
+			}
+			if err := watcher.QueryRow(ctx, `SELECT coalesce(bool_or(awake_until > clock_timestamp()), false) FROM pgfeed.listeners`).Scan(&promised); err != nil {
+				t.Error(err)
+				break
+			}
+		}
+		<-stop
+		seen <- promised
+	}()
+	for i := range n {
+		if _, err := conn.Exec(ctx, `INSERT INTO items (id) VALUES ($1)`, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	if !<-seen {
+		t.Error("the source never promised to read while writes came fast")
+	}
+	got := col.waitFor(t, n, 30*time.Second)
+	waitListenerAsleep(t, watcher)
+	if len(got) != n {
+		t.Fatalf("%d changes, want %d", len(got), n)
+	}
+	for i, c := range got {
+		if string(c.Key) != fmt.Sprintf(`{"id":%d}`, i) {
+			t.Fatalf("change %d has key %s", i, c.Key)
+		}
+	}
 }
 
 // waitListenerAsleep waits until the source has withdrawn its promise.

@@ -31,6 +31,7 @@ type Config struct {
 	HTTP     HTTPConfig     `mapstructure:"http"`
 	// Source is how changes are captured: "trigger" or "logical".
 	Source  string        `mapstructure:"source"`
+	Trigger TriggerConfig `mapstructure:"trigger"`
 	Logical LogicalConfig `mapstructure:"logical"`
 	// Retention is how long changes stay resumable; always > 0.
 	Retention time.Duration `mapstructure:"retention"`
@@ -39,6 +40,15 @@ type Config struct {
 	// means the table is not served (default deny). Nil when there is none.
 	Policies []Policy `mapstructure:"policies"`
 	Limits   Limits   `mapstructure:"limits"`
+}
+
+// TriggerConfig tunes the trigger source.
+type TriggerConfig struct {
+	// NotifyBelow is the rate of captured transactions a second below which
+	// writers wake the listener with NOTIFY (lowest latency); at and above
+	// it the listener reads back to back and writers skip NOTIFY (lowest
+	// write cost). 0: skip NOTIFY whenever changes flow. Never negative.
+	NotifyBelow int `mapstructure:"notify_below"`
 }
 
 // Limits protect a node from runaway or abusive clients.
@@ -129,6 +139,7 @@ func configKeys() []configKey {
 		{"http.listen", "127.0.0.1:8080"},
 		{"http.allowed_origins", []string{}},
 		{"source", "trigger"},
+		{"trigger.notify_below", 2000},
 		{"logical.slot", "pgfeed"},
 		{"logical.publication", "pgfeed"},
 		{"retention", "24h"},
@@ -481,6 +492,9 @@ func (l *loader) validate(c *Config) error {
 	}
 	if c.Retention <= 0 {
 		return l.bad("retention", "must be longer than zero, got %s", c.Retention)
+	}
+	if c.Trigger.NotifyBelow < 0 {
+		return l.bad("trigger.notify_below", "must be 0 or more transactions a second, got %d", c.Trigger.NotifyBelow)
 	}
 	if u := c.Auth.JWT.JWKSURL; u != "" {
 		p, err := url.Parse(u)

@@ -73,8 +73,9 @@ func (a *app) serve(ctx context.Context, cfg *Config, ready func(addr string)) e
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
 			return pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())
 		},
-		Retention: cfg.Retention,
-		Logger:    a.log.With("component", "listener"),
+		Retention:   cfg.Retention,
+		NotifyBelow: notifyBelow(cfg.Trigger.NotifyBelow),
+		Logger:      a.log.With("component", "listener"),
 	})
 	var verifier feed.Verifier
 	if j := cfg.Auth.JWT; j.Secret != "" || j.JWKSURL != "" || j.JWKSFile != "" {
@@ -200,4 +201,13 @@ func qualifyTable(name string) string {
 		}
 	}
 	return "public." + name
+}
+
+// notifyBelow maps trigger.notify_below to listener.Config.NotifyBelow,
+// where 0 means the default and a negative rate "never".
+func notifyBelow(rate int) int {
+	if rate == 0 {
+		return -1
+	}
+	return rate
 }
