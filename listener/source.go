@@ -224,9 +224,8 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 				}
 				lastBeat = time.Now()
 			}
-			if n > 0 {
-				continue // more may have committed meanwhile
-			}
+			// Every commit after this read's tick notifies: the wait
+			// returns at once for those that came during the read.
 			if err := waitNotification(ctx, conn, s.cfg.Poll); err != nil {
 				return err
 			}
