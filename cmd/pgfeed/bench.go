@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -77,6 +79,7 @@ func (a *app) benchLiveCmd(name, short, long string, subs, rate int, run liveBen
 	f.IntVar(&o.Writers, "writers", 4, "writer connections committing the changes")
 	f.DurationVar(&o.Drain, "drain", 30*time.Second, "longest wait, after the last commit, for deliveries still on their way")
 	f.IntVar(&o.Dialers, "dialers", 64, "connections opened concurrently")
+	f.StringArray("set", nil, "a configuration value for the server under test, KEY=VALUE (e.g. trigger.notify_below=0); repeatable")
 	return cmd
 }
 
@@ -104,6 +107,7 @@ each sample taken after the server was left alone for --settle.`,
 	}
 	f := cmd.Flags()
 	f.IntVar(&o.Connections, "connections", 10_000, "idle WebSocket connections, one subscription each")
+	f.StringArray("set", nil, "a configuration value for the server under test, KEY=VALUE; repeatable")
 	f.DurationVar(&o.Settle, "settle", 5*time.Second, "time the server is left alone before each memory sample")
 	f.IntVar(&o.Dialers, "dialers", 64, "connections opened concurrently")
 	return cmd
@@ -129,6 +133,9 @@ func (a *app) benchWriterCmd() *cobra.Command {
 	f.IntVar(&cfg.Writers, "writers", 4, "writer connections")
 	return cmd
 }
+
+// benchSettingKey is what a configuration key looks like.
+var benchSettingKey = regexp.MustCompile(`^[a-z_]+(\.[a-z_]+)*$`)
 
 // benchCommon fills in what every bench takes from the command line and
 // refuses the global flags that do not apply.
@@ -159,6 +166,15 @@ func benchCommon(cmd *cobra.Command, o *bench.Options, out io.Writer) error {
 	}
 	if o.Warmup == 0 {
 		o.Warmup = -1 // --warmup 0: none
+	}
+	if sets, err := cmd.Flags().GetStringArray("set"); err == nil {
+		for _, kv := range sets {
+			key, value, ok := strings.Cut(kv, "=")
+			if !ok || !benchSettingKey.MatchString(key) || key == "database.url" || key == "http.listen" {
+				return &usageError{msg: fmt.Sprintf("--set %q: want KEY=VALUE with a configuration key such as trigger.notify_below (not database.url or http.listen)", kv)}
+			}
+			o.Settings = append(o.Settings, "PGFEED_"+strings.ToUpper(strings.ReplaceAll(key, ".", "_"))+"="+value)
+		}
 	}
 	o.DatabaseURL, _ = cmd.Flags().GetString("database-url")
 	exe, err := os.Executable()

@@ -50,6 +50,10 @@ type Options struct {
 	// sample, for its garbage collector to settle (Idle). Zero: 5 s.
 	Settle time.Duration
 
+	// Settings are configuration values for the server under test, as
+	// PGFEED_* environment variables ("PGFEED_TRIGGER_NOTIFY_BELOW=0").
+	Settings []string
+
 	// Dialers is how many connections are opened concurrently. Zero: 64.
 	Dialers int
 	// Log receives human-readable progress lines. Nil: discard.

@@ -48,7 +48,7 @@ type server struct {
 
 // startServer starts `bin serve` on a free loopback port against dbURL,
 // with its configuration, log and working directory in dir.
-func startServer(bin, dbURL, dir string) (*server, error) {
+func startServer(bin, dbURL, dir string, settings []string) (*server, error) {
 	cfgPath := filepath.Join(dir, "pgfeed-bench.yaml")
 	if err := os.WriteFile(cfgPath, []byte(serverConfig), 0o600); err != nil {
 		return nil, fmt.Errorf("write server configuration: %w", err)
@@ -79,6 +79,7 @@ func startServer(bin, dbURL, dir string) (*server, error) {
 		"PGFEED_HTTP_LISTEN="+addr,
 		"PGFEED_AUTH_ANONYMOUS=true",
 	)
+	cmd.Env = append(cmd.Env, settings...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -406,7 +407,7 @@ func openTestbed(ctx context.Context, o *Options, fds int) (_ *testbed, err erro
 	}
 	tb.machine.PostgreSQL = tb.db.version
 	o.logf("starting the server under test: %s serve", o.Server)
-	if tb.srv, err = startServer(o.Server, tb.db.url, tb.dir); err != nil {
+	if tb.srv, err = startServer(o.Server, tb.db.url, tb.dir, o.Settings); err != nil {
 		return nil, err
 	}
 	if err := tb.srv.waitReady(ctx, time.Minute); err != nil {
