@@ -140,9 +140,38 @@ func appendPlainDecimal(dst, num []byte) ([]byte, error) {
 	return dst, nil
 }
 
+// appendJSONString writes s as a JSON string exactly as PostgreSQL's
+// escape_json does (and so as to_jsonb's text output shows it): only the
+// quote, the backslash and control characters are escaped; <, >, & and
+// non-ASCII characters are written as they are.
 func appendJSONString(dst, s []byte) []byte {
-	q, _ := json.Marshal(string(s))
-	return append(dst, q...)
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for _, c := range s {
+		switch c {
+		case '"':
+			dst = append(dst, '\\', '"')
+		case '\\':
+			dst = append(dst, '\\', '\\')
+		case '\b':
+			dst = append(dst, '\\', 'b')
+		case '\f':
+			dst = append(dst, '\\', 'f')
+		case '\n':
+			dst = append(dst, '\\', 'n')
+		case '\r':
+			dst = append(dst, '\\', 'r')
+		case '\t':
+			dst = append(dst, '\\', 't')
+		default:
+			if c < ' ' {
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			} else {
+				dst = append(dst, c)
+			}
+		}
+	}
+	return append(dst, '"')
 }
 
 // appendTimestamp rewrites ISO DateStyle output the way to_jsonb writes
