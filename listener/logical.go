@@ -631,3 +631,18 @@ func (l *Logical) describe(ctx context.Context, m *pglogrepl.RelationMessage) (*
 func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
+
+// Newest is the newest position any node reading this database may have
+// handed out: the server's current WAL position (a transaction committed
+// so far has its commit record before it). feed.Config.Newest takes it.
+func (l *Logical) Newest(ctx context.Context) (Cursor, error) {
+	var lsn string
+	if err := l.cfg.DB.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+		return Cursor{}, fmt.Errorf("read the WAL position: %w", err)
+	}
+	p, err := pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		return Cursor{}, fmt.Errorf("read the WAL position: %w", err)
+	}
+	return Cursor{Tick: int64(p)}, nil
+}
