@@ -231,20 +231,21 @@ func (e *event) json(p projection) []byte {
 	b = append(b, `,"commit_time":"`...)
 	b = e.time.UTC().AppendFormat(b, "2006-01-02T15:04:05.000000Z")
 	b = append(b, '"')
-	if len(e.unchanged) > 0 {
-		// Only on updates from the logical source: the columns new leaves
-		// out, as far as the projection keeps them.
-		b = append(b, `,"unchanged_toast":[`...)
-		n := 0
-		for _, c := range e.unchanged {
-			if keep == nil || keep(c) {
-				if n > 0 {
-					b = append(b, ',')
-				}
-				b = appendJSONString(b, c)
-				n++
+	// Only on updates from the logical source: the columns new leaves out,
+	// as far as the projection keeps them; absent when there are none.
+	n := 0
+	for _, c := range e.unchanged {
+		if keep == nil || keep(c) {
+			if n == 0 {
+				b = append(b, `,"unchanged_toast":[`...)
+			} else {
+				b = append(b, ',')
 			}
+			b = appendJSONString(b, c)
+			n++
 		}
+	}
+	if n > 0 {
 		b = append(b, ']')
 	}
 	b = append(b, '}')

@@ -49,6 +49,10 @@ type LogicalConfig struct {
 	// CheckEvery is how often the slot's retained WAL is measured. Zero:
 	// 30 s.
 	CheckEvery time.Duration
+	// SlotWait is how long Setup waits for a slot in use by another process
+	// to be let go before refusing: the walsender of a pgfeed that has just
+	// stopped may take a moment to exit. Zero: 10 s.
+	SlotWait time.Duration
 	// Logger receives the source's logs. Zero: discard.
 	Logger *slog.Logger
 }
@@ -95,6 +99,9 @@ func NewLogical(cfg LogicalConfig) *Logical {
 	}
 	if cfg.CheckEvery <= 0 {
 		cfg.CheckEvery = 30 * time.Second
+	}
+	if cfg.SlotWait <= 0 {
+		cfg.SlotWait = 10 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -242,6 +249,7 @@ func (l *Logical) ensurePublication(ctx context.Context) error {
 // suit (another plugin, another database, in use), and returns its
 // confirmed position.
 func (l *Logical) ensureSlot(ctx context.Context) (pglogrepl.LSN, error) {
+	waitUntil := time.Now().Add(l.cfg.SlotWait)
 	for attempt := 0; ; attempt++ {
 		var (
 			plugin, slotType, database *string
@@ -262,6 +270,15 @@ func (l *Logical) ensureSlot(ctx context.Context) (pglogrepl.LSN, error) {
 				return 0, refused("replication slot %q exists but is not a logical slot of the pgoutput plugin: set logical.slot to another name, or drop the slot", l.cfg.Slot)
 			case database == nil || *database != here:
 				return 0, refused("replication slot %q belongs to database %q, not %q: set logical.slot to a name unique to this database", l.cfg.Slot, deref(database), here)
+			case active != nil && time.Now().Before(waitUntil):
+				t := time.NewTimer(50 * time.Millisecond)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return 0, ctx.Err()
+				case <-t.C:
+				}
+				continue
 			case active != nil:
 				return 0, refused("replication slot %q is in use by another process (pid %d), perhaps another pgfeed node: give each node its own logical.slot, or stop the other process", l.cfg.Slot, *active)
 			case confirmed == nil:
@@ -272,7 +289,7 @@ func (l *Logical) ensureSlot(ctx context.Context) (pglogrepl.LSN, error) {
 		var lsn string
 		err = l.cfg.DB.QueryRow(ctx, `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')`, l.cfg.Slot).Scan(&lsn)
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42710" && attempt == 0 {
+		if errors.As(err, &pgErr) && pgErr.Code == "42710" && attempt < 100 {
 			continue // created meanwhile: look again
 		}
 		if err != nil {

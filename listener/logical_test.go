@@ -411,7 +411,7 @@ func TestLogicalRefusals(t *testing.T) {
 	}
 	defer pool2.Close()
 	repl2, _ := listener.ReplicationConnector(url)
-	err = listener.NewLogical(listener.LogicalConfig{DB: pool2, Replicate: repl2, Slot: slot}).Setup(ctx)
+	err = listener.NewLogical(listener.LogicalConfig{DB: pool2, Replicate: repl2, Slot: slot, SlotWait: 100 * time.Millisecond}).Setup(ctx)
 	if !errors.Is(err, listener.ErrRefused) || !strings.Contains(err.Error(), "in use") {
 		t.Errorf("slot in use: %v", err)
 	}
