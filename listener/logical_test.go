@@ -6,11 +6,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -415,4 +419,125 @@ func TestLogicalRefusals(t *testing.T) {
 	if !errors.Is(err, listener.ErrRefused) || !strings.Contains(err.Error(), "in use") {
 		t.Errorf("slot in use: %v", err)
 	}
+}
+
+// TestLogicalConfirm: the slot is confirmed up to what Keep allows and no
+// further while MaxRetainedWAL allows, and past it when Keep lets go.
+func TestLogicalConfirm(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.NewDB(t)
+	slot := pgtest.Slot(t, url)
+	conn := pgtest.Connect(t, url)
+	if _, err := conn.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pgfeed FOR TABLE t`); err != nil {
+		t.Fatal(err)
+	}
+	var keep atomic.Int64 // a Tick; 0: no limit
+	keep.Store(1)         // before any change: hold the slot where it is
+	lr := startLogical(t, url, slot, listener.LogicalConfig{
+		StatusInterval: 20 * time.Millisecond,
+		Keep:           func() listener.Cursor { return listener.Cursor{Tick: keep.Load()} },
+	})
+	for i := range 3 {
+		if _, err := conn.Exec(ctx, `INSERT INTO t VALUES ($1)`, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := lr.col.waitFor(t, 3, 30*time.Second)
+	hold := got[1].Cursor.Tick // keep the second transaction resumable
+	keep.Store(hold)
+	confirmed := func() int64 {
+		var lsn string
+		if err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&lsn); err != nil {
+			t.Fatal(err)
+		}
+		p, err := pglogrepl.ParseLSN(lsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return int64(p)
+	}
+	// Status updates keep coming (reply_time moves on); the slot reaches
+	// the held transaction and stays there.
+	replies := func() string {
+		var at string
+		if err := conn.QueryRow(ctx, `SELECT coalesce(max(reply_time)::text, '') FROM pg_stat_replication WHERE application_name = 'pgfeed-logical'`).Scan(&at); err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for confirmed() != hold {
+		if time.Now().After(deadline) {
+			t.Fatalf("slot confirmed at %d, want the held transaction's %d", confirmed(), hold)
+		}
+	}
+	for seen, last := 0, replies(); seen < 3; {
+		if r := replies(); r != last {
+			seen, last = seen+1, r
+		}
+		if c := confirmed(); c != hold {
+			t.Fatalf("slot confirmed at %d past Keep %d", c, hold)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no status updates")
+		}
+	}
+	keep.Store(0)
+	for confirmed() <= got[2].Cursor.Tick {
+		if time.Now().After(deadline) {
+			t.Fatalf("slot confirmed at %d after Keep let go, want past %d", confirmed(), got[2].Cursor.Tick)
+		}
+	}
+}
+
+// TestLogicalRetainedWALWarning: a slot that grew while its pgfeed was
+// stopped is reported at the next start: a warning and the measure.
+func TestLogicalRetainedWALWarning(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.NewDB(t)
+	slot := pgtest.Slot(t, url)
+	conn := pgtest.Connect(t, url)
+	if _, err := conn.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION pgfeed FOR TABLE t`); err != nil {
+		t.Fatal(err)
+	}
+	first := startLogical(t, url, slot, listener.LogicalConfig{})
+	if err := first.stop(); err != nil {
+		t.Fatal(err)
+	}
+	// While no pgfeed streams, 1 MB of WAL.
+	if _, err := conn.Exec(ctx, `INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 1000) g`); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	second := startLogical(t, url, slot, listener.LogicalConfig{
+		MaxRetainedWAL: 100 << 10,
+		Logger:         slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if n := second.src.RetainedWAL(); n < 1<<20 {
+		t.Errorf("retained WAL measured at %d bytes, want at least 1 MiB", n)
+	}
+	if !strings.Contains(logs.String(), "keeps more WAL than logical.max_retained_wal") {
+		t.Errorf("no warning logged:\n%s", logs.String())
+	}
+	second.col.waitFor(t, 1000, 30*time.Second)
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test together.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
