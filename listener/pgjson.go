@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -125,6 +126,8 @@ func appendPlainDecimal(dst, num []byte) ([]byte, error) {
 		point--
 	}
 	switch {
+	case strings.Trim(string(digits), "0") == "":
+		dst = append(dst, '0') // 0E01 is 0, not 00
 	case point <= 0:
 		dst = append(dst, "0."...)
 		dst = append(dst, bytes.Repeat([]byte{'0'}, -point)...)

@@ -3,6 +3,7 @@ package listener
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -62,9 +63,9 @@ var errProtocol = errors.New("unexpected logical replication message")
 // handle decodes one pgoutput message. At a commit it returns the
 // transaction's batch (done true); the batch may hold no change.
 func (d *decoder) handle(ctx context.Context, data []byte) (b Batch, done bool, err error) {
-	msg, err := pglogrepl.Parse(data)
+	msg, err := parse(data)
 	if err != nil {
-		return b, false, fmt.Errorf("%w: %v", errProtocol, err)
+		return b, false, err
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.BeginMessage:
@@ -154,6 +155,80 @@ func (d *decoder) handle(ctx context.Context, data []byte) (b Batch, done bool, 
 		return b, false, fmt.Errorf("%w: %T", errProtocol, msg)
 	}
 	return b, false, nil
+}
+
+// parse is pglogrepl.Parse, with a malformed message (which it may index
+// past the end of) an error rather than a panic.
+func parse(data []byte) (msg pglogrepl.Message, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			msg, err = nil, fmt.Errorf("%w: malformed message: %v", errProtocol, r)
+		}
+	}()
+	if err := checkLengths(data); err != nil {
+		return nil, err
+	}
+	msg, err = pglogrepl.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errProtocol, err)
+	}
+	return msg, nil
+}
+
+// checkLengths checks that the tuples of an insert, update or delete
+// message, and the relations of a truncate, fit in it, before pglogrepl
+// allocates what their counts and lengths claim.
+func checkLengths(data []byte) error {
+	if len(data) == 0 {
+		return fmt.Errorf("%w: empty message", errProtocol)
+	}
+	switch data[0] {
+	case 'I', 'U', 'D':
+	case 'T':
+		if len(data) < 6 || uint64(binary.BigEndian.Uint32(data[1:]))*4 != uint64(len(data)-6) {
+			return fmt.Errorf("%w: malformed T message", errProtocol)
+		}
+		return nil
+	default:
+		return nil
+	}
+	bad := fmt.Errorf("%w: malformed %c message", errProtocol, data[0])
+	i := 5 // type and relation id
+	for i < len(data) {
+		switch data[i] {
+		case 'K', 'O', 'N':
+		default:
+			return bad
+		}
+		i++
+		if i+2 > len(data) {
+			return bad
+		}
+		n := int(binary.BigEndian.Uint16(data[i:]))
+		i += 2
+		for range n {
+			if i >= len(data) {
+				return bad
+			}
+			kind := data[i]
+			i++
+			if kind == 't' || kind == 'b' {
+				if i+4 > len(data) {
+					return bad
+				}
+				l := int(binary.BigEndian.Uint32(data[i:]))
+				i += 4
+				if l > len(data)-i {
+					return bad
+				}
+				i += l
+			}
+		}
+	}
+	if i != len(data) {
+		return bad
+	}
+	return nil
 }
 
 // reset forgets the open transaction and the relations: a new replication

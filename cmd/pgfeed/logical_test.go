@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgfeed/pgfeed/internal/pgtemp"
 	"github.com/pgfeed/pgfeed/internal/pgtest"
 )
 
@@ -178,11 +179,26 @@ func TestServeLogical(t *testing.T) {
 	}
 }
 
-// TestServeLogicalRefusals: a role without REPLICATION is refused at start
-// with exit 2 and one sentence saying what to change.
+// TestServeLogicalRefusals: a server whose wal_level is not logical, and a
+// role without REPLICATION, are refused at start with exit 2 and one
+// sentence saying what to change. (A slot in use is refused by the same
+// path; listener's TestLogicalRefusals shows it without the 10 s wait for a
+// walsender that may be exiting.)
 func TestServeLogicalRefusals(t *testing.T) {
 	cleanEnv(t)
 	ctx := context.Background()
+	replica, err := pgtemp.Start(ctx, pgtemp.Options{Settings: map[string]string{"wal_level": "replica"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer replica.Stop()
+	r := pgfeed(t, "serve", "--database-url", replica.URL("postgres"), "--listen", "127.0.0.1:0",
+		"--config", writeFile(t, "pgfeed.yaml", "source: logical\n"))
+	r.wantCode(t, 2)
+	if !strings.Contains(r.stderr, "needs wal_level = logical, and this server has wal_level = replica") {
+		t.Errorf("wal_level replica: stderr %q", r.stderr)
+	}
+
 	url := pgtest.NewDB(t)
 	conn := pgtest.Connect(t, url)
 	cfgConn, err := pgx.ParseConfig(url)
@@ -195,7 +211,7 @@ func TestServeLogicalRefusals(t *testing.T) {
 	}
 	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `DROP ROLE IF EXISTS `+role) })
 	roleURL := strings.Replace(url, "postgres@", role+"@", 1)
-	r := pgfeed(t, "serve", "--database-url", roleURL, "--listen", "127.0.0.1:0",
+	r = pgfeed(t, "serve", "--database-url", roleURL, "--listen", "127.0.0.1:0",
 		"--config", writeFile(t, "pgfeed.yaml", "source: logical\n"))
 	r.wantCode(t, 2)
 	if !strings.Contains(r.stderr, "needs a role with the REPLICATION attribute") || !strings.Contains(r.stderr, "ALTER ROLE") {
