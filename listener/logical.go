@@ -36,7 +36,8 @@ type LogicalConfig struct {
 	// Keep returns the oldest position a restarted pgfeed should still be
 	// able to resume clients from: the start of the server's in-memory
 	// history (feed.Server.HistoryStart). The slot is confirmed no further
-	// than it, within MaxRetainedWAL. Nil: confirm everything emitted.
+	// than it, within MaxRetainedWAL; a zero cursor (the server has not
+	// started) holds the slot where it is. Nil: confirm everything emitted.
 	Keep func() Cursor
 	// MaxRetainedWAL bounds, in bytes, the WAL the slot keeps for resumes:
 	// while running, the source confirms far enough that its slot keeps no
@@ -525,18 +526,13 @@ func (l *Logical) handleCopyData(ctx context.Context, conn *pgconn.PgConn, data 
 // history window from the slot), unless that would keep more than
 // MaxRetainedWAL; never backwards.
 func (l *Logical) confirmTarget() pglogrepl.LSN {
-	var keep pglogrepl.LSN
+	keep := pglogrepl.LSN(1<<64 - 1)
 	if l.cfg.Keep != nil {
-		if k := l.cfg.Keep(); k.Tick > 0 {
-			keep = pglogrepl.LSN(k.Tick)
-		}
+		keep = pglogrepl.LSN(max(l.cfg.Keep().Tick, 0))
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	target := l.safe
-	if keep > 0 && keep < target {
-		target = keep
-	}
+	target := min(l.safe, keep)
 	if bound := pglogrepl.LSN(l.cfg.MaxRetainedWAL); l.walEnd > bound && target < l.walEnd-bound {
 		target = min(l.safe, l.walEnd-bound)
 	}

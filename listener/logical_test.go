@@ -432,8 +432,7 @@ func TestLogicalConfirm(t *testing.T) {
 	if _, err := conn.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pgfeed FOR TABLE t`); err != nil {
 		t.Fatal(err)
 	}
-	var keep atomic.Int64 // a Tick; 0: no limit
-	keep.Store(1)         // before any change: hold the slot where it is
+	var keep atomic.Int64 // a Tick; 0: hold the slot where it is
 	lr := startLogical(t, url, slot, listener.LogicalConfig{
 		StatusInterval: 20 * time.Millisecond,
 		Keep:           func() listener.Cursor { return listener.Cursor{Tick: keep.Load()} },
@@ -483,7 +482,7 @@ func TestLogicalConfirm(t *testing.T) {
 			t.Fatal("no status updates")
 		}
 	}
-	keep.Store(0)
+	keep.Store(1 << 62) // let go
 	for confirmed() <= got[2].Cursor.Tick {
 		if time.Now().After(deadline) {
 			t.Fatalf("slot confirmed at %d after Keep let go, want past %d", confirmed(), got[2].Cursor.Tick)
