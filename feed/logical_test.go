@@ -48,7 +48,9 @@ func TestLogicalRestart(t *testing.T) {
 	}()
 	// Stop the first node in the middle of the writes, start the second
 	// on its slot while they go on.
-	for deadline := time.Now().Add(wait); ; {
+	poll := time.NewTicker(time.Millisecond)
+	defer poll.Stop()
+	for deadline := time.Now().Add(wait); ; <-poll.C {
 		var n int
 		if err := e.db.QueryRow(context.Background(), `SELECT count(*) FROM orders`).Scan(&n); err != nil {
 			t.Fatal(err)

@@ -40,9 +40,12 @@ type LogicalConfig struct {
 	// started) holds the slot where it is. Nil: confirm everything emitted.
 	Keep func() Cursor
 	// MaxRetainedWAL bounds, in bytes, the WAL the slot keeps for resumes:
-	// while running, the source confirms far enough that its slot keeps no
-	// more than this; when the slot keeps more (pgfeed was stopped, or is
-	// stuck), a warning is logged. Zero: 1 GiB.
+	// while running, the source confirms far enough that its confirmed
+	// position stays within three quarters of this behind the server's WAL
+	// (the slot may keep a little more: its restart point also waits for the
+	// oldest transaction running then); when the slot keeps more than
+	// MaxRetainedWAL (pgfeed was stopped, or a long transaction holds it
+	// back), a warning is logged. Zero: 1 GiB.
 	MaxRetainedWAL int64
 	// StatusInterval is how often a standby status update is sent (and the
 	// slot confirmed). Zero: 10 s.
@@ -523,8 +526,9 @@ func (l *Logical) handleCopyData(ctx context.Context, conn *pgconn.PgConn, data 
 
 // confirmTarget is the flush position to confirm: everything emitted, but
 // no further than Keep asks (so that a restarted node re-decodes its
-// history window from the slot), unless that would keep more than
-// MaxRetainedWAL; never backwards.
+// history window from the slot), unless that would keep more than three
+// quarters of MaxRetainedWAL (the rest is margin, so that a running pgfeed
+// does not set off its own warning); never backwards.
 func (l *Logical) confirmTarget() pglogrepl.LSN {
 	keep := pglogrepl.LSN(1<<64 - 1)
 	if l.cfg.Keep != nil {
@@ -533,7 +537,7 @@ func (l *Logical) confirmTarget() pglogrepl.LSN {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	target := min(l.safe, keep)
-	if bound := pglogrepl.LSN(l.cfg.MaxRetainedWAL); l.walEnd > bound && target < l.walEnd-bound {
+	if bound := pglogrepl.LSN(l.cfg.MaxRetainedWAL / 4 * 3); l.walEnd > bound && target < l.walEnd-bound {
 		target = min(l.safe, l.walEnd-bound)
 	}
 	return max(target, l.confirmed)

@@ -465,13 +465,15 @@ func TestLogicalConfirm(t *testing.T) {
 		}
 		return at
 	}
+	poll := time.NewTicker(5 * time.Millisecond) // status updates go every 20 ms
+	defer poll.Stop()
 	deadline := time.Now().Add(30 * time.Second)
-	for confirmed() != hold {
+	for ; confirmed() != hold; <-poll.C {
 		if time.Now().After(deadline) {
 			t.Fatalf("slot confirmed at %d, want the held transaction's %d", confirmed(), hold)
 		}
 	}
-	for seen, last := 0, replies(); seen < 3; {
+	for seen, last := 0, replies(); seen < 3; <-poll.C {
 		if r := replies(); r != last {
 			seen, last = seen+1, r
 		}
@@ -483,7 +485,7 @@ func TestLogicalConfirm(t *testing.T) {
 		}
 	}
 	keep.Store(1 << 62) // let go
-	for confirmed() <= got[2].Cursor.Tick {
+	for ; confirmed() <= got[2].Cursor.Tick; <-poll.C {
 		if time.Now().After(deadline) {
 			t.Fatalf("slot confirmed at %d after Keep let go, want past %d", confirmed(), got[2].Cursor.Tick)
 		}
@@ -514,8 +516,8 @@ func TestLogicalRetainedWALWarning(t *testing.T) {
 		MaxRetainedWAL: 100 << 10,
 		Logger:         slog.New(slog.NewTextHandler(&logs, nil)),
 	})
-	if n := second.src.RetainedWAL(); n < 1<<20 {
-		t.Errorf("retained WAL measured at %d bytes, want at least 1 MiB", n)
+	if n := second.src.RetainedWAL(); n <= 100<<10 {
+		t.Errorf("retained WAL measured at %d bytes, want more than the 100 kB allowed", n)
 	}
 	if !strings.Contains(logs.String(), "keeps more WAL than logical.max_retained_wal") {
 		t.Errorf("no warning logged:\n%s", logs.String())
@@ -539,4 +541,44 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestLogicalMaxRetainedWAL: with Keep holding the slot, the confirmed
+// position still moves on once the slot would keep more than three
+// quarters of MaxRetainedWAL.
+func TestLogicalMaxRetainedWAL(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.NewDB(t)
+	slot := pgtest.Slot(t, url)
+	conn := pgtest.Connect(t, url)
+	if _, err := conn.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION pgfeed FOR TABLE t`); err != nil {
+		t.Fatal(err)
+	}
+	lr := startLogical(t, url, slot, listener.LogicalConfig{
+		StatusInterval: 20 * time.Millisecond,
+		MaxRetainedWAL: 256 << 10,
+		Keep:           func() listener.Cursor { return listener.Cursor{} }, // hold
+	})
+	start := lr.src.Confirmed()
+	if _, err := conn.Exec(ctx, `INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 2000) g`); err != nil {
+		t.Fatal(err)
+	}
+	got := lr.col.waitFor(t, 2000, 30*time.Second)
+	var current string
+	if err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&current); err != nil {
+		t.Fatal(err)
+	}
+	end, _ := pglogrepl.ParseLSN(current)
+	poll := time.NewTicker(5 * time.Millisecond) // status updates go every 20 ms
+	defer poll.Stop()
+	for deadline := time.Now().Add(30 * time.Second); ; <-poll.C {
+		c := lr.src.Confirmed()
+		if c > start && int64(end)-int64(c) <= 256<<10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("confirmed %s (started at %s, change at %d, WAL at %s): held past the bound", c, start, got[0].Cursor.Tick, end)
+		}
+	}
 }

@@ -73,8 +73,10 @@ func TestLogicalEnableDisableList(t *testing.T) {
 	}
 	// The catalog's cache lasts a millisecond: poll until it has seen
 	// the change.
+	poll := time.NewTicker(time.Millisecond)
+	defer poll.Stop()
 	deadline := time.Now().Add(5 * time.Second)
-	for {
+	for ; ; <-poll.C {
 		_, err := cat.Table(ctx, "shop.orders")
 		if err != nil {
 			break

@@ -162,7 +162,9 @@ func TestServeLogical(t *testing.T) {
 		t.Fatal("serve did not exit within 10 s of SIGTERM")
 	}
 	// The slot stays, and is let go once the walsender has exited.
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	poll := time.NewTicker(10 * time.Millisecond)
+	defer poll.Stop()
+	for deadline := time.Now().Add(10 * time.Second); ; <-poll.C {
 		var exists, active bool
 		if err := conn.QueryRow(ctx, `SELECT count(*) = 1, coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&exists, &active); err != nil {
 			t.Fatal(err)
