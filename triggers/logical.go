@@ -76,17 +76,26 @@ func DisableLogicalStatements(t Table, p Publication) []string {
 // after the checks Enable makes (and one more: an unlogged table's changes
 // are not in the WAL).
 func EnableLogical(ctx context.Context, db DB, p Publication, names ...string) ([]Table, error) {
-	return applyLogical(ctx, db, names, func(t Table) []string { return EnableLogicalStatements(t, p) })
+	return applyLogical(ctx, db, names, p.checkIdentity, func(t Table) []string { return EnableLogicalStatements(t, p) })
+}
+
+// checkIdentity refuses a table with REPLICA IDENTITY NOTHING, unless it
+// is about to get FULL: once published, its updates and deletes would fail.
+func (p Publication) checkIdentity(t Table, identity string) error {
+	if identity == "n" && !p.ReplicaIdentityFull {
+		return refuse("table %s has REPLICA IDENTITY NOTHING: once it is published, PostgreSQL refuses its updates and deletes; set ALTER TABLE %s REPLICA IDENTITY DEFAULT, or enable with --replica-identity-full", t, t.Ident().Sanitize())
+	}
+	return nil
 }
 
 // DisableLogical removes each named table from the publication, all or
 // none. A table that is not a member is not an error.
 func DisableLogical(ctx context.Context, db DB, p Publication, names ...string) ([]Table, error) {
-	return applyLogical(ctx, db, names, func(t Table) []string { return DisableLogicalStatements(t, p) })
+	return applyLogical(ctx, db, names, nil, func(t Table) []string { return DisableLogicalStatements(t, p) })
 }
 
-func applyLogical(ctx context.Context, db DB, names []string, render func(Table) []string) ([]Table, error) {
-	tables, err := resolveLogical(ctx, db, names)
+func applyLogical(ctx context.Context, db DB, names []string, check func(Table, string) error, render func(Table) []string) ([]Table, error) {
+	tables, err := resolveLogical(ctx, db, names, check)
 	if err != nil {
 		return nil, err
 	}
@@ -106,20 +115,29 @@ func applyLogical(ctx context.Context, db DB, names []string, render func(Table)
 	return tables, nil
 }
 
-// resolveLogical resolves the names as Enable does and refuses unlogged
-// tables.
-func resolveLogical(ctx context.Context, db DB, names []string) ([]Table, error) {
+// resolveLogical resolves the names as Enable does, refuses unlogged
+// tables, and passes each table's replica identity (relreplident) to check
+// when it is set.
+func resolveLogical(ctx context.Context, db DB, names []string, check func(Table, string) error) ([]Table, error) {
 	tables, err := resolveAll(ctx, db, names)
 	if err != nil {
 		return nil, err
 	}
 	for _, t := range tables {
-		var unlogged bool
-		if err := db.QueryRow(ctx, `SELECT relpersistence = 'u' FROM pg_class WHERE oid = $1::regclass`, t.Ident().Sanitize()).Scan(&unlogged); err != nil {
+		var (
+			unlogged bool
+			identity string
+		)
+		if err := db.QueryRow(ctx, `SELECT relpersistence = 'u', relreplident::text FROM pg_class WHERE oid = $1::regclass`, t.Ident().Sanitize()).Scan(&unlogged, &identity); err != nil {
 			return nil, fmt.Errorf("read catalog entry of %s: %w", t, err)
 		}
 		if unlogged {
 			return nil, refuse("table %s is unlogged: its changes are not written to the WAL, so logical replication cannot see them; make it logged (ALTER TABLE %s SET LOGGED) or use source: trigger", t, t.Ident().Sanitize())
+		}
+		if check != nil {
+			if err := check(t, identity); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return tables, nil
@@ -194,7 +212,7 @@ func LogicalMigration(tables []Table, p Publication, generator string, now time.
 
 // GenerateLogical is Generate for the logical source.
 func GenerateLogical(ctx context.Context, db DB, p Publication, dir string, names []string, generator string, now time.Time) (string, error) {
-	tables, err := resolveLogical(ctx, db, names)
+	tables, err := resolveLogical(ctx, db, names, p.checkIdentity)
 	if err != nil {
 		return "", err
 	}

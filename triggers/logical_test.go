@@ -24,13 +24,15 @@ func TestLogicalEnableDisableList(t *testing.T) {
 	// pgfeed's own schema is not needed in logical mode.
 	conn := pgtest.Connect(t, pgtest.NewDB(t))
 	exec(t, conn, `CREATE SCHEMA shop; CREATE TABLE shop.orders (id int PRIMARY KEY); CREATE TABLE users (uid text PRIMARY KEY);
-		CREATE TABLE nokey (a int); CREATE VIEW aview AS SELECT 1 AS id; CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY)`)
+		CREATE TABLE nokey (a int); CREATE VIEW aview AS SELECT 1 AS id; CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY);
+		CREATE TABLE noident (id int PRIMARY KEY); ALTER TABLE noident REPLICA IDENTITY NOTHING`)
 	pub := triggers.Publication{Name: "feed pub"}
 	for name, want := range map[string]string{
 		"missing": `table "missing" does not exist`,
 		"nokey":   "has no primary key",
 		"aview":   "is a view",
 		"scratch": "table public.scratch is unlogged: its changes are not written to the WAL",
+		"noident": "table public.noident has REPLICA IDENTITY NOTHING: once it is published, PostgreSQL refuses its updates and deletes",
 	} {
 		_, err := triggers.EnableLogical(ctx, conn, pub, "users", name)
 		if !errors.Is(err, triggers.ErrRefused) || !strings.Contains(err.Error(), want) {
@@ -47,7 +49,7 @@ func TestLogicalEnableDisableList(t *testing.T) {
 	}
 	full := pub
 	full.ReplicaIdentityFull = true
-	if _, err := triggers.EnableLogical(ctx, conn, full, "users"); err != nil {
+	if _, err := triggers.EnableLogical(ctx, conn, full, "users", "noident"); err != nil { // FULL is set in the same transaction
 		t.Fatal(err)
 	}
 	list, err := triggers.ListLogical(ctx, conn, pub)
@@ -58,7 +60,7 @@ func TestLogicalEnableDisableList(t *testing.T) {
 	for _, c := range list {
 		got = append(got, c.String()+" "+c.Source+" "+c.State+" "+strings.Join(c.Key, ","))
 	}
-	mustEqual(t, "list", got, []string{"public.users logical enabled:identity-full uid", "shop.orders logical enabled id"})
+	mustEqual(t, "list", got, []string{"public.noident logical enabled:identity-full id", "public.users logical enabled:identity-full uid", "shop.orders logical enabled id"})
 
 	// The logical catalog serves published tables only.
 	cat := triggers.NewPublicationCatalog(conn, pub.Name, time.Millisecond)
@@ -86,7 +88,7 @@ func TestLogicalEnableDisableList(t *testing.T) {
 		}
 	}
 	list, _ = triggers.ListLogical(ctx, conn, pub)
-	if len(list) != 1 || list[0].Name != "users" {
+	if len(list) != 2 || list[1].Name != "users" {
 		t.Errorf("after disable: %v", list)
 	}
 }
