@@ -104,3 +104,45 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestDecoderReset: a transaction cut off by a lost connection is
+// forgotten, and decoded whole when the new session sends it again.
+func TestDecoderReset(t *testing.T) {
+	ctx := context.Background()
+	text := &Type{OID: 25, Kind: kindText}
+	d := newDecoder(func(_ context.Context, m *pglogrepl.RelationMessage) (*relation, error) {
+		return newRelation(m, []*Type{{OID: 23, Kind: kindNumber}, text}, []string{"id"}), nil
+	}, func(string, ...any) {})
+	session := func(msgs ...[]byte) (Batch, bool) {
+		t.Helper()
+		var (
+			b    Batch
+			done bool
+			err  error
+		)
+		for _, m := range msgs {
+			if b, done, err = d.handle(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return b, done
+	}
+	rel := msgRelation("id", "v")
+	if _, done := session(msgBegin(), rel, msgInsert([]byte("1"), []byte("a"))); done {
+		t.Fatal("a transaction without its commit is done")
+	}
+	d.reset()
+	if _, _, err := d.handle(ctx, msgInsert([]byte("1"), []byte("a"))); err == nil {
+		t.Error("after a reset, a change of a relation not described again is accepted")
+	}
+	b, done := session(msgBegin(), rel, msgInsert([]byte("1"), []byte("a")), msgInsert([]byte("2"), nil), msgCommit())
+	if !done || len(b.Changes) != 2 {
+		t.Fatalf("resent transaction: done %v, %d changes, want 2", done, len(b.Changes))
+	}
+	if got := string(b.Changes[1].New); got != `{"v":null,"id":2}` {
+		t.Errorf("second row %s", got)
+	}
+	if c := b.Changes[1].Cursor; c.Tick != 0x1000 || c.Pos != 2 {
+		t.Errorf("cursor %v, want the commit LSN and position 2", c)
+	}
+}
