@@ -136,3 +136,36 @@ func TestLogicalUnchangedTOAST(t *testing.T) {
 		t.Errorf("projected update: %+v, want no unchanged_toast (body is not selected)", slim)
 	}
 }
+
+// TestLogicalRestartWindow: a node whose history holds only its last 200
+// changes confirms the slot up to there; after a restart, a cursor inside
+// that window resumes exactly, and an older one gets a reset.
+func TestLogicalRestartWindow(t *testing.T) {
+	t.Parallel()
+	e := newEnvSource(t, "logical")
+	slot := pgtest.Slot(t, e.url)
+	a := e.startNodeOn(feed.Config{History: 200}, slot)
+	c := a.dial(t, "")
+	c.subscribe(map[string]any{"id": "s", "table": "orders"})
+	e.insertRows(0, 1000)
+	got := c.changes(1000, wait)
+	checkIDs(t, "first node", got, 0)
+	recent, old := got[899]["cursor"].(string), got[99]["cursor"].(string)
+	a.stop()
+
+	b := e.startNodeOn(feed.Config{}, slot)
+	r := b.dial(t, "")
+	r.subscribe(map[string]any{"id": "s", "table": "orders", "since": recent})
+	checkIDs(t, "resumed inside the window", r.changes(100, wait), 900)
+	x := b.dial(t, "")
+	x.send(map[string]any{"type": "subscribe", "id": "s", "table": "orders", "since": old})
+	if m := x.next(wait); m["type"] != "subscribed" {
+		t.Fatalf("got %v", m)
+	}
+	if m := x.next(wait); m["type"] != "reset" {
+		t.Fatalf("a cursor older than the first node's history: %v, want reset", m)
+	}
+	e.insertRows(1000, 1001)
+	r.expectNext("s", "insert", 1000)
+	x.expectNext("s", "insert", 1000)
+}
