@@ -74,6 +74,9 @@ func ValueJSON(dst, text []byte, t *Type) ([]byte, error) {
 			return dst, fmt.Errorf("%w: number %q", ErrBadValue, text)
 		}
 		if t.Kind == kindFloat {
+			if f, err := strconv.ParseFloat(string(text), 64); err == nil && f == 0 {
+				return append(dst, '0'), nil // numeric has no -0
+			}
 			// to_jsonb stores numbers as numeric, which writes 1e+100 out
 			// in full.
 			return appendPlainDecimal(dst, text)
