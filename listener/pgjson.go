@@ -183,11 +183,9 @@ func appendJSONString(dst, s []byte) []byte {
 // appendTimestamp rewrites ISO DateStyle output the way to_jsonb writes
 // timestamps: a T between date and time, and a zone offset with minutes.
 func appendTimestamp(dst, text []byte, tz bool) []byte {
-	s := string(text)
-	if s == "infinity" || s == "-infinity" || len(s) < 19 || s[10] != ' ' || bytes.HasSuffix(text, []byte(" BC")) {
-		// Infinities as they are; BC years are left as PostgreSQL prints
-		// them (to_jsonb writes them as negative ISO years: not handled).
-		return appendJSONString(dst, text)
+	s, bc := strings.CutSuffix(string(text), " BC")
+	if s == "infinity" || s == "-infinity" || len(s) < 19 || s[10] != ' ' {
+		return appendJSONString(dst, text) // infinities as they are
 	}
 	s = s[:10] + "T" + s[11:]
 	if tz {
@@ -196,6 +194,9 @@ func appendTimestamp(dst, text []byte, tz bool) []byte {
 		if i := lastSign(s); i > 0 && len(s)-i == 3 {
 			s += ":00"
 		}
+	}
+	if bc {
+		s += " BC" // as to_jsonb writes years before 1
 	}
 	return appendJSONString(dst, []byte(s))
 }

@@ -48,6 +48,7 @@ func TestValueJSONMatchesToJSONB(t *testing.T) {
 		`'{{"2026-01-01"}}'::date[]`, `'{"(1,x)"}'::text[]`, `ARRAY[ARRAY[1.5,2]]::float8[]`,
 		`'2026-11-27 14:05:41.123+00'::timestamptz(2)`, `'0001-01-01 00:00:00+00'::timestamptz`, `'12:00'::time(0)`,
 		`'{"a": {"b": [1, 2]}, "c": "é\u0001"}'::jsonb`, `E'tab\there\u0007'::text`, `-0.0::float8`, `1e-320::float8`,
+		`'0044-03-15 BC'::date`, `'0044-03-15 12:00 BC'::timestamp`, `'0044-03-15 12:00+00 BC'::timestamptz`, `ARRAY['0001-01-01 00:00:01.5+00 BC'::timestamptz]`,
 	}
 	var types listener.Types
 	for _, v := range values {
