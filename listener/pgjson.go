@@ -70,7 +70,7 @@ func ValueJSON(dst, text []byte, t *Type) ([]byte, error) {
 		case "NaN", "Infinity", "-Infinity":
 			return appendJSONString(dst, text), nil
 		}
-		if !json.Valid(text) || len(text) == 0 || text[0] == '"' || text[0] == '{' || text[0] == '[' || text[0] == 't' || text[0] == 'f' || text[0] == 'n' {
+		if len(text) == 0 || !isNumberEdge(text[0]) || !isNumberEdge(text[len(text)-1]) || text[len(text)-1] == '-' || !json.Valid(text) {
 			return dst, fmt.Errorf("%w: number %q", ErrBadValue, text)
 		}
 		if t.Kind == kindFloat {
@@ -103,6 +103,10 @@ func ValueJSON(dst, text []byte, t *Type) ([]byte, error) {
 		return appendJSONString(dst, text), nil
 	}
 }
+
+// isNumberEdge reports whether c may start or end PostgreSQL's output of a
+// number (and so rules out JSON's other values and surrounding space).
+func isNumberEdge(c byte) bool { return c == '-' || c >= '0' && c <= '9' }
 
 // appendPlainDecimal writes a JSON number without its exponent: 1.5e+3 as
 // 1500, 1e-3 as 0.001.
