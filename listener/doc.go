@@ -32,7 +32,9 @@
 // streaming of transactions in progress, no logical messages). Setup checks
 // wal_level and the role's REPLICATION attribute, creates the publication
 // (empty) and the slot when they are absent, and refuses a slot another
-// process holds (after waiting SlotWait for a walsender that is exiting).
+// process holds (after waiting SlotWait for a walsender that is exiting)
+// and a slot PostgreSQL has invalidated (max_slot_wal_keep_size): its
+// changes are lost, and retrying would not bring them back.
 // The replication connection renders values with DateStyle ISO, TimeZone
 // UTC, IntervalStyle postgres and extra_float_digits 3, so that ValueJSON
 // turns them into exactly what to_jsonb gives; rows are written with their

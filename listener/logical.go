@@ -258,13 +258,13 @@ func (l *Logical) ensureSlot(ctx context.Context) (pglogrepl.LSN, error) {
 		var (
 			plugin, slotType, database *string
 			active                     *int32
-			confirmed                  *string
+			confirmed, walStatus       *string
 			here                       string
 		)
 		err := l.cfg.DB.QueryRow(ctx, `
-			SELECT s.plugin::text, s.slot_type, s.database::text, s.active_pid, s.confirmed_flush_lsn::text, current_database()::text
+			SELECT s.plugin::text, s.slot_type, s.database::text, s.active_pid, s.confirmed_flush_lsn::text, s.wal_status, current_database()::text
 			  FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, l.cfg.Slot).
-			Scan(&plugin, &slotType, &database, &active, &confirmed, &here)
+			Scan(&plugin, &slotType, &database, &active, &confirmed, &walStatus, &here)
 		if err != nil {
 			return 0, fmt.Errorf("look for replication slot %q: %w", l.cfg.Slot, err)
 		}
@@ -285,6 +285,8 @@ func (l *Logical) ensureSlot(ctx context.Context) (pglogrepl.LSN, error) {
 				continue
 			case active != nil:
 				return 0, refused("replication slot %q is in use by another process (pid %d), perhaps another pgfeed node: give each node its own logical.slot, or stop the other process", l.cfg.Slot, *active)
+			case walStatus != nil && *walStatus == "lost":
+				return 0, l.lost()
 			case confirmed == nil:
 				return 0, fmt.Errorf("replication slot %q has no confirmed position", l.cfg.Slot)
 			}
@@ -302,6 +304,11 @@ func (l *Logical) ensureSlot(ctx context.Context) (pglogrepl.LSN, error) {
 		l.cfg.Logger.Info("created replication slot", "slot", l.cfg.Slot, "lsn", lsn)
 		return pglogrepl.ParseLSN(lsn)
 	}
+}
+
+// lost is the refusal of a slot PostgreSQL has invalidated.
+func (l *Logical) lost() error {
+	return refused("replication slot %q has lost WAL it needed (max_slot_wal_keep_size let PostgreSQL remove it while pgfeed was stopped or behind), so changes were missed: drop the slot (SELECT pg_drop_replication_slot('%s')) and start pgfeed again; resuming clients will get a reset", l.cfg.Slot, l.cfg.Slot)
 }
 
 func deref(s *string) string {
@@ -420,6 +427,9 @@ func (l *Logical) session(ctx context.Context, emit func(Batch) error, connected
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "42704" { // the slot or the publication is gone
 			return &fatalError{err: fmt.Errorf("start replication from slot %q: %s", l.cfg.Slot, pgErr.Message)}
+		}
+		if errors.As(err, &pgErr) && pgErr.Code == "55000" && strings.Contains(pgErr.Message, "can no longer get changes") {
+			return &fatalError{err: l.lost()} // invalidated by max_slot_wal_keep_size
 		}
 		return fmt.Errorf("start replication from slot %q: %w", l.cfg.Slot, err)
 	}

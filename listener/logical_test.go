@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgfeed/pgfeed/internal/pgtemp"
 	"github.com/pgfeed/pgfeed/internal/pgtest"
 	"github.com/pgfeed/pgfeed/listener"
 	"github.com/pgfeed/pgfeed/triggers"
@@ -580,5 +581,51 @@ func TestLogicalMaxRetainedWAL(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("confirmed %s (started at %s, change at %d, WAL at %s): held past the bound", c, start, got[0].Cursor.Tick, end)
 		}
+	}
+}
+
+// TestLogicalLostSlot: a slot PostgreSQL invalidated while no pgfeed
+// streamed (max_slot_wal_keep_size) is refused at start, saying what to do,
+// instead of being retried for ever.
+func TestLogicalLostSlot(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv, err := pgtemp.Start(ctx, pgtemp.Options{Settings: map[string]string{"max_slot_wal_keep_size": "0", "wal_keep_size": "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Stop() })
+	url := srv.URL("postgres")
+	conn := pgtest.Connect(t, url)
+	if _, err := conn.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pgfeed FOR TABLE t`); err != nil {
+		t.Fatal(err)
+	}
+	if err := startLogical(t, url, "lost", listener.LogicalConfig{}).stop(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := conn.Exec(ctx, `INSERT INTO t VALUES ($1)`, i); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, `SELECT pg_switch_wal()`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `CHECKPOINT`); err != nil {
+		t.Fatal(err)
+	}
+	var status string
+	if err := conn.QueryRow(ctx, `SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'lost'`).Scan(&status); err != nil || status != "lost" {
+		t.Skipf("the slot was not invalidated (wal_status %q, %v)", status, err)
+	}
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	repl, _ := listener.ReplicationConnector(url)
+	err = listener.NewLogical(listener.LogicalConfig{DB: pool, Replicate: repl, Slot: "lost"}).Setup(ctx)
+	if !errors.Is(err, listener.ErrRefused) || !strings.Contains(err.Error(), "has lost WAL it needed") || !strings.Contains(err.Error(), "pg_drop_replication_slot('lost')") {
+		t.Errorf("lost slot: %v", err)
 	}
 }
