@@ -49,12 +49,14 @@ type decoder struct {
 	inTx    bool
 	changes []Change // the open transaction's changes, cursors unset
 	// warn is called for values that did not convert (they are sent as
-	// JSON strings of their text instead).
-	warn func(msg string, args ...any)
+	// JSON strings of their text instead), once per column: warned holds
+	// the columns ("schema.table.column") already reported.
+	warn   func(msg string, args ...any)
+	warned map[string]bool
 }
 
 func newDecoder(describe describeFunc, warn func(string, ...any)) *decoder {
-	return &decoder{describe: describe, relations: map[uint32]*relation{}, warn: warn}
+	return &decoder{describe: describe, relations: map[uint32]*relation{}, warn: warn, warned: map[string]bool{}}
 }
 
 // errProtocol marks a message the decoder cannot make sense of.
@@ -270,8 +272,13 @@ func (d *decoder) values(r *relation, t *pglogrepl.TupleData, fill [][]byte) [][
 		case pglogrepl.TupleDataTypeText:
 			v, err := ValueJSON(nil, c.Data, r.cols[i].typ)
 			if err != nil {
-				// Never stop the stream for one value: send its text.
-				d.warn("value not converted as to_jsonb would", "table", r.schema+"."+r.name, "column", r.cols[i].name, "err", err)
+				// Never stop the stream for one value: send its text, and
+				// say so once per column (this is the hot path).
+				if col := r.schema + "." + r.name + "." + r.cols[i].name; !d.warned[col] {
+					d.warned[col] = true
+					d.warn("value not converted as to_jsonb would; sent as text (further values of this column are not logged)",
+						"table", r.schema+"."+r.name, "column", r.cols[i].name, "err", err)
+				}
 				v = appendJSONString(nil, c.Data)
 			}
 			vals[i] = v
