@@ -90,6 +90,14 @@ func newEnvAt(t testing.TB, url, source string) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, url: url, source: source, db: pgtest.Connect(t, url)}
+	if source == "logical" {
+		// The test server runs with synchronous_commit off: a commit's WAL
+		// would wait up to 200 ms (wal_writer_delay) to be flushed, and so
+		// to be decoded. Writers of this database flush at commit instead
+		// (cheap: fsync is off too), as a production server does.
+		e.exec(`DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = on', current_database()); END $$`)
+		e.exec(`SET synchronous_commit = on`)
+	}
 	e.exec(schema)
 	switch source {
 	case "trigger":

@@ -409,7 +409,9 @@ func (l *Logical) session(ctx context.Context, emit func(Batch) error, connected
 		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		if !conn.IsClosed() {
-			_ = l.sendStatus(conn)
+			if err := l.confirmAndWait(cctx, conn); err != nil {
+				l.cfg.Logger.Warn("confirm the slot's position before disconnecting", "slot", l.cfg.Slot, "err", err)
+			}
 		}
 		_ = conn.Close(cctx)
 	}()
@@ -553,11 +555,40 @@ func (l *Logical) confirmTarget() pglogrepl.LSN {
 	return max(target, l.confirmed)
 }
 
+// confirmAndWait sends a last status update and waits (until ctx ends) for
+// the server's reply, so that the position is recorded before the
+// connection goes: a restarted node starts from it.
+func (l *Logical) confirmAndWait(ctx context.Context, conn *pgconn.PgConn) error {
+	if err := l.sendStatusReply(conn, true); err != nil {
+		return err
+	}
+	for {
+		msg, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			return fmt.Errorf("wait for the reply to the last status update: %w", err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			// The reply is a keepalive; data sent meanwhile is dropped (it
+			// was not emitted, so not confirmed: it will be sent again).
+			if len(msg.Data) > 0 && msg.Data[0] == pglogrepl.PrimaryKeepaliveMessageByteID {
+				return nil
+			}
+		case *pgproto3.ErrorResponse:
+			return pgconn.ErrorResponseToPgError(msg)
+		}
+	}
+}
+
 // sendStatus sends a standby status update confirming confirmTarget.
-func (l *Logical) sendStatus(conn *pgconn.PgConn) error {
+func (l *Logical) sendStatus(conn *pgconn.PgConn) error { return l.sendStatusReply(conn, false) }
+
+// sendStatusReply is sendStatus, asking the server to answer when reply is
+// set.
+func (l *Logical) sendStatusReply(conn *pgconn.PgConn, reply bool) error {
 	target := l.confirmTarget()
 	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), conn, pglogrepl.StandbyStatusUpdate{
-		WALWritePosition: target, WALFlushPosition: target, WALApplyPosition: target,
+		WALWritePosition: target, WALFlushPosition: target, WALApplyPosition: target, ReplyRequested: reply,
 	})
 	if err != nil {
 		return fmt.Errorf("send standby status: %w", err)
