@@ -2,7 +2,11 @@
 // Events (/v1/sse/{table}), long polling (/v1/changes/{table}), /healthz,
 // /readyz and /metrics. It is handed the ordered change stream (Emit) and
 // never reads changes from PostgreSQL itself; older changes for a resume
-// come through the Store interface.
+// come through the Store interface (the trigger log). Without a Store (the
+// logical source) resumes come from memory only: a cursor older than the
+// history gets a reset, and one beyond this node's position is checked with
+// Config.Newest (the WAL position) and then waited for, as it may come from
+// another node or from this node before a restart.
 //
 // Data flow: Emit decodes each change once, matches it against the
 // subscription index, and hands it to each matching subscription's

@@ -25,6 +25,9 @@ type event struct {
 	new    fields // nil when absent
 	old    fields
 	time   time.Time
+	// unchanged names the columns left out of new because their TOASTed
+	// value did not change (logical source only).
+	unchanged []string
 
 	match subscriptions.Change // decoded rows for the filters
 
@@ -57,7 +60,7 @@ func (e *event) withKeyOld() *event {
 				}
 			}
 		}
-		e.keyOld = &event{cursor: e.cursor, table: e.table, op: e.op, key: e.key, new: e.new, old: old, time: e.time, match: e.match}
+		e.keyOld = &event{cursor: e.cursor, table: e.table, op: e.op, key: e.key, new: e.new, old: old, time: e.time, unchanged: e.unchanged, match: e.match}
 	}
 	return e.keyOld
 }
@@ -142,7 +145,7 @@ func (fs fields) appendJSON(b []byte, keep func(string) bool) []byte {
 
 // newEvent prepares a change from the listener for matching and encoding.
 func newEvent(c listener.Change) (*event, error) {
-	e := &event{cursor: c.Cursor, table: c.Schema + "." + c.Table, op: c.Op, time: c.CommitTime}
+	e := &event{cursor: c.Cursor, table: c.Schema + "." + c.Table, op: c.Op, time: c.CommitTime, unchanged: c.Unchanged}
 	var err error
 	if e.new, err = parseFields(c.New); err != nil {
 		return nil, fmt.Errorf("change %s: new row: %w", c.Cursor, err)
@@ -227,7 +230,25 @@ func (e *event) json(p projection) []byte {
 	b = e.old.appendJSON(b, keep)
 	b = append(b, `,"commit_time":"`...)
 	b = e.time.UTC().AppendFormat(b, "2006-01-02T15:04:05.000000Z")
-	b = append(b, `"}`...)
+	b = append(b, '"')
+	// Only on updates from the logical source: the columns new leaves out,
+	// as far as the projection keeps them; absent when there are none.
+	n := 0
+	for _, c := range e.unchanged {
+		if keep == nil || keep(c) {
+			if n == 0 {
+				b = append(b, `,"unchanged_toast":[`...)
+			} else {
+				b = append(b, ',')
+			}
+			b = appendJSONString(b, c)
+			n++
+		}
+	}
+	if n > 0 {
+		b = append(b, ']')
+	}
+	b = append(b, '}')
 	if e.encoded == nil {
 		e.encoded = make(map[string][]byte, 1)
 	}
@@ -253,7 +274,11 @@ func appendJSONString(b []byte, s string) []byte {
 // the hub counts as they are made): the parsed rows and the decoded rows
 // used for matching, about as much again.
 func (e *event) size() int {
-	return 2*(len(e.key)+rowSize(e.new)+rowSize(e.old)) + 256
+	n := 2*(len(e.key)+rowSize(e.new)+rowSize(e.old)) + 256
+	for _, c := range e.unchanged {
+		n += len(c) + 16
+	}
+	return n
 }
 
 func rowSize(fs fields) int {

@@ -20,9 +20,9 @@ const wait = 15 * time.Second
 
 // TestWSOpsAndFilters runs every op through table-wide, row-scoped,
 // filtered, events-limited and select-projected subscriptions.
-func TestWSOpsAndFilters(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestWSOpsAndFilters(t *testing.T) { bothSources(t, testWSOpsAndFilters) }
+
+func testWSOpsAndFilters(t *testing.T, e *env) {
 	n := e.startNode(feed.Config{})
 	c := n.dial(t, "")
 	c.subscribe(map[string]any{"id": "all", "table": "public.orders"})
@@ -77,9 +77,9 @@ func TestWSOpsAndFilters(t *testing.T) {
 }
 
 // TestEventJSON checks the change event's exact JSON against to_jsonb.
-func TestEventJSON(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestEventJSON(t *testing.T) { bothSources(t, testEventJSON) }
+
+func testEventJSON(t *testing.T, e *env) {
 	n := e.startNode(feed.Config{})
 	c := n.dial(t, "")
 	start := c.subscribe(map[string]any{"id": "s", "table": "public.typed"})
@@ -151,9 +151,9 @@ func jsonEqual(t *testing.T, a, b []byte) bool {
 
 // TestSubscribedMeansLive writes right after "subscribed": the change
 // arrives, every time.
-func TestSubscribedMeansLive(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestSubscribedMeansLive(t *testing.T) { bothSources(t, testSubscribedMeansLive) }
+
+func testSubscribedMeansLive(t *testing.T, e *env) {
 	n := e.startNode(feed.Config{})
 	for i := range 20 {
 		c := n.dial(t, "")
@@ -166,9 +166,9 @@ func TestSubscribedMeansLive(t *testing.T) {
 
 // TestWSErrors: bad messages get the contract's codes and the connection
 // and its other subscriptions keep working; an oversized frame closes.
-func TestWSErrors(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestWSErrors(t *testing.T) { bothSources(t, testWSErrors) }
+
+func testWSErrors(t *testing.T, e *env) {
 	n := e.startNode(feed.Config{})
 	c := n.dial(t, "")
 	c.subscribe(map[string]any{"id": "ok", "table": "orders"})
@@ -244,9 +244,9 @@ func TestWSErrors(t *testing.T) {
 }
 
 // TestUnsubscribe stops deliveries to one subscription only.
-func TestUnsubscribe(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestUnsubscribe(t *testing.T) { bothSources(t, testUnsubscribe) }
+
+func testUnsubscribe(t *testing.T, e *env) {
 	n := e.startNode(feed.Config{})
 	c := n.dial(t, "")
 	c.subscribe(map[string]any{"id": "a", "table": "orders"})
@@ -264,9 +264,9 @@ func TestUnsubscribe(t *testing.T) {
 
 // TestHTTPErrors: errors before a stream starts are HTTP statuses with the
 // contract's JSON body.
-func TestHTTPErrors(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestHTTPErrors(t *testing.T) { bothSources(t, testHTTPErrors) }
+
+func testHTTPErrors(t *testing.T, e *env) {
 	n := e.startNode(feed.Config{})
 	cases := []struct {
 		path   string
@@ -313,9 +313,9 @@ func TestHTTPErrors(t *testing.T) {
 }
 
 // TestShutdownGoesAway: stopping the server closes WebSockets with 1001.
-func TestShutdownGoesAway(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestShutdownGoesAway(t *testing.T) { bothSources(t, testShutdownGoesAway) }
+
+func testShutdownGoesAway(t *testing.T, e *env) {
 	n := e.startNode(feed.Config{})
 	c := n.dial(t, "")
 	c.subscribe(map[string]any{"id": "s", "table": "orders"})

@@ -27,12 +27,31 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
+// sources are the sources the live feed's contract tests run against.
+var sources = []string{"trigger", "logical"}
+
+// bothSources runs test once per source, in parallel, each on a fresh
+// database. The client sees no difference but the cursors: every test run
+// this way holds for both. (The logical source's test tables have REPLICA
+// IDENTITY FULL, so that old rows are whole, as triggers give them.)
+func bothSources(t *testing.T, test func(t *testing.T, e *env)) {
+	t.Helper()
+	t.Parallel()
+	for _, src := range sources {
+		t.Run(src, func(t *testing.T) {
+			t.Parallel()
+			test(t, newEnvSource(t, src))
+		})
+	}
+}
+
 // env is a database with captured tables and pgfeed nodes serving it.
 type env struct {
-	t    testing.TB
-	url  string
-	db   *pgx.Conn
-	pool *pgxpool.Pool
+	t      testing.TB
+	url    string
+	source string // "trigger" or "logical"
+	db     *pgx.Conn
+	pool   *pgxpool.Pool
 }
 
 const schema = `
@@ -44,14 +63,22 @@ CREATE TABLE typed (
 `
 
 // newEnv creates a database with pgfeed's schema and the test tables, all
-// captured.
+// captured by triggers. The authorization tests (auth_test.go, rls_test.go)
+// use it alone: policies, tokens and RLS act on events after the stream,
+// the same whatever their source.
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	return newEnvAt(t, pgtest.NewMigratedDB(t))
+	return newEnvSource(t, "trigger")
 }
 
-// newEnvAt is newEnv on the database at url.
-func newEnvAt(t testing.TB, url string) *env {
+// newEnvSource is newEnv with the tables captured for source.
+func newEnvSource(t testing.TB, source string) *env {
+	t.Helper()
+	return newEnvAt(t, pgtest.NewMigratedDB(t), source)
+}
+
+// newEnvAt is newEnvSource on the database at url.
+func newEnvAt(t testing.TB, url, source string) *env {
 	t.Helper()
 	ctx := context.Background()
 	sqldb, err := sql.Open("pgx", url)
@@ -62,9 +89,25 @@ func newEnvAt(t testing.TB, url string) *env {
 	if _, err := migrations.Up(ctx, sqldb); err != nil { // a no-op when migrated
 		t.Fatal(err)
 	}
-	e := &env{t: t, url: url, db: pgtest.Connect(t, url)}
+	e := &env{t: t, url: url, source: source, db: pgtest.Connect(t, url)}
+	if source == "logical" {
+		// The test server runs with synchronous_commit off: a commit's WAL
+		// would wait up to 200 ms (wal_writer_delay) to be flushed, and so
+		// to be decoded. Writers of this database flush at commit instead
+		// (cheap: fsync is off too), as a production server does.
+		e.exec(`DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = on', current_database()); END $$`)
+		e.exec(`SET synchronous_commit = on`)
+	}
 	e.exec(schema)
-	if _, err := triggers.Enable(ctx, e.db, "orders", "secret", "typed"); err != nil {
+	switch source {
+	case "trigger":
+		_, err = triggers.Enable(ctx, e.db, "orders", "secret", "typed")
+	case "logical":
+		_, err = triggers.EnableLogical(ctx, e.db, triggers.Publication{ReplicaIdentityFull: true}, "orders", "secret", "typed")
+	default:
+		t.Fatalf("unknown source %q", source)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	e.pool, err = pgxpool.New(ctx, url)
@@ -96,9 +139,27 @@ var defaultPolicies = []subscriptions.Policy{
 	{Table: "public.typed", Roles: []string{"anon"}},
 }
 
+// changeSource is what a node needs of a listener, of either source.
+type changeSource interface {
+	Run(ctx context.Context, emit func(listener.Batch) error) error
+	Ready() <-chan struct{}
+	Position() listener.Cursor
+}
+
 // startNode runs a pgfeed node on e's database until the test ends (or
-// stop is called). cfg's zero fields get test defaults.
+// stop is called). cfg's zero fields get test defaults. With the logical
+// source the node streams from a slot of its own.
 func (e *env) startNode(cfg feed.Config) *node {
+	e.t.Helper()
+	slot := ""
+	if e.source == "logical" {
+		slot = pgtest.Slot(e.t, e.url)
+	}
+	return e.startNodeOn(cfg, slot)
+}
+
+// startNodeOn is startNode streaming from slot (logical source only).
+func (e *env) startNodeOn(cfg feed.Config, slot string) *node {
 	t := e.t
 	t.Helper()
 	if cfg.Policies == nil {
@@ -110,6 +171,35 @@ func (e *env) startNode(cfg feed.Config) *node {
 	}
 	if cfg.Verifier == nil {
 		cfg.Anonymous = true
+	}
+	var (
+		src     changeSource
+		logical *listener.Logical
+	)
+	if e.source == "logical" {
+		// Named as the trigger listener's connection is, for the tests
+		// that terminate it.
+		url := e.url + "&application_name=pgfeed-listener"
+		if !strings.Contains(e.url, "?") {
+			url = e.url + "?application_name=pgfeed-listener"
+		}
+		repl, err := listener.ReplicationConnector(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var srv *feed.Server // set below; Keep is called once Run runs
+		logical = listener.NewLogical(listener.LogicalConfig{
+			DB: e.pool, Replicate: repl, Slot: slot,
+			Keep: func() listener.Cursor { return srv.HistoryStart() },
+		})
+		src = logical
+		cfg.Catalog = triggers.NewPublicationCatalog(e.pool, "pgfeed", time.Millisecond)
+		cfg.Newest = logical.Newest
+		srv, err = feed.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.runNode(cfg, srv, src)
 	}
 	cfg.Catalog = triggers.NewCatalog(e.pool, time.Millisecond)
 	if cfg.Store == nil {
@@ -124,10 +214,17 @@ func (e *env) startNode(cfg feed.Config) *node {
 		t.Fatal(err)
 	}
 	connCfg.RuntimeParams["application_name"] = "pgfeed-listener"
-	src := listener.New(listener.Config{
+	src = listener.New(listener.Config{
 		Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, connCfg.Copy()) },
 		Poll:    200 * time.Millisecond,
 	})
+	return e.runNode(cfg, srv, src)
+}
+
+// runNode runs srv fed by src until the test ends or stop is called.
+func (e *env) runNode(cfg feed.Config, srv *feed.Server, src changeSource) *node {
+	t := e.t
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -152,6 +249,8 @@ func (e *env) startNode(cfg feed.Config) *node {
 	select {
 	case <-src.Ready():
 		srv.Start(src.Position())
+	case <-n.done:
+		t.Fatal("listener ended before it was ready")
 	case <-time.After(30 * time.Second):
 		t.Fatal("listener not ready")
 	}

@@ -35,6 +35,9 @@ type hub struct {
 	log   *slog.Logger
 	index *subscriptions.Index
 	store Store
+	// newest, when store is nil, is the newest position any node may have
+	// given out (nil: a cursor beyond this node's position gets a reset).
+	newest func(ctx context.Context) (listener.Cursor, error)
 
 	histMax      int // events kept in memory for instant replay
 	histMaxBytes int // and their approximate size
@@ -76,6 +79,14 @@ func (h *hub) start(pos listener.Cursor) {
 		h.pos, h.histFrom, h.started = pos, pos, true
 		h.tick.Store(pos.Tick)
 	}
+}
+
+// historyStart is the oldest position resumable from memory: every event
+// after it is in the history.
+func (h *hub) historyStart() (listener.Cursor, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.histFrom, h.started
 }
 
 // position is where a subscription made now starts.
@@ -288,7 +299,21 @@ func (h *hub) resumable(ctx context.Context, c listener.Cursor) (bool, error) {
 // tick that exists.
 func (h *hub) checkFuture(ctx context.Context, c listener.Cursor) error {
 	if h.store == nil {
-		return ErrCursorExpired
+		if h.newest == nil {
+			return ErrCursorExpired
+		}
+		// Without a log of ticks (the logical source), a cursor is a
+		// position in the WAL: one not past the server's WAL may have
+		// been given by another node, or by this one before a restart,
+		// and this node will reach it.
+		newest, err := h.newest(ctx)
+		if err != nil {
+			return fmt.Errorf("check cursor: %w", err)
+		}
+		if newest.Less(c) {
+			return ErrCursorExpired
+		}
+		return nil
 	}
 	newest, err := h.store.Newest(ctx)
 	if err != nil {

@@ -30,17 +30,18 @@ func checkIDs(t *testing.T, what string, changes []map[string]any, from int) {
 }
 
 // TestResumeWS: disconnect, 1,000 changes, reconnect with the last cursor:
-// exactly the missed changes, then live ones. From memory, and (with a
-// tiny history) from the change log.
+// exactly the missed changes, then live ones. From memory, with both
+// sources, and (with a tiny history) from the trigger source's change log.
 func TestResumeWS(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name    string
+		source  string
 		history int
-	}{{"memory", 0}, {"log", 10}} {
+	}{{"memory", "trigger", 0}, {"log", "trigger", 10}, {"memory-logical", "logical", 0}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t)
+			e := newEnvSource(t, tc.source)
 			n := e.startNode(feed.Config{History: tc.history})
 			c := n.dial(t, "")
 			c.subscribe(map[string]any{"id": "s", "table": "orders"})
@@ -69,10 +70,10 @@ func TestResumeWS(t *testing.T) {
 
 // TestResumeWhileWriting: a resume whose replay overlaps live writes still
 // yields every change once, in order.
-func TestResumeWhileWriting(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	n := e.startNode(feed.Config{History: 50})
+func TestResumeWhileWriting(t *testing.T) { bothSources(t, testResumeWhileWriting) }
+
+func testResumeWhileWriting(t *testing.T, e *env) {
+	n := e.startNode(feed.Config{History: e.history(50)})
 	c := n.dial(t, "")
 	start := c.subscribe(map[string]any{"id": "s", "table": "orders"})
 	c.conn.CloseNow()
@@ -93,16 +94,19 @@ func TestResumeWhileWriting(t *testing.T) {
 
 // TestExpiredCursor: a cursor older than the retained log (or invented)
 // gets a reset, then live changes.
-func TestExpiredCursor(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestExpiredCursor(t *testing.T) { bothSources(t, testExpiredCursor) }
+
+func testExpiredCursor(t *testing.T, e *env) {
 	n := e.startNode(feed.Config{History: 1})
 	c := n.dial(t, "")
 	c.subscribe(map[string]any{"id": "s", "table": "orders"})
 	e.insertRows(0, 3)
 	old := c.changes(3, wait)[0]["cursor"].(string)
-	// Prune everything up to now, as retention would.
-	e.exec(`DELETE FROM pgfeed.ticks WHERE id < (SELECT max(id) FROM pgfeed.ticks)`)
+	if e.source == "trigger" {
+		// Prune everything up to now, as retention would. (The logical
+		// source has no log: a cursor older than its history is expired.)
+		e.exec(`DELETE FROM pgfeed.ticks WHERE id < (SELECT max(id) FROM pgfeed.ticks)`)
+	}
 
 	for _, since := range []string{old, "t999999-0"} {
 		d := n.dial(t, "")
@@ -142,10 +146,10 @@ func TestExpiredCursor(t *testing.T) {
 
 // TestResumeSSE: ids are cursors; a reconnect with Last-Event-ID gets
 // exactly what it missed.
-func TestResumeSSE(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	n := e.startNode(feed.Config{History: 10})
+func TestResumeSSE(t *testing.T) { bothSources(t, testResumeSSE) }
+
+func testResumeSSE(t *testing.T, e *env) {
+	n := e.startNode(feed.Config{History: e.history(10)})
 	s, resp := n.sse(t, "/v1/sse/public.orders?status=eq.open", nil)
 	if s == nil {
 		t.Fatalf("status %d", resp.StatusCode)
@@ -192,10 +196,10 @@ func TestResumeSSE(t *testing.T) {
 }
 
 // TestLongPoll: since and wait; the returned cursor continues exactly.
-func TestLongPoll(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	n := e.startNode(feed.Config{History: 10})
+func TestLongPoll(t *testing.T) { bothSources(t, testLongPoll) }
+
+func testLongPoll(t *testing.T, e *env) {
+	n := e.startNode(feed.Config{History: e.history(10)})
 	status, body := n.poll(t, "/v1/changes/orders?wait=50ms")
 	if status != 200 || len(body["changes"].([]any)) != 0 || body["cursor"] == "" {
 		t.Fatalf("empty poll: %d %v", status, body)
@@ -243,9 +247,9 @@ func TestLongPoll(t *testing.T) {
 
 // TestResumeOnAnotherNode: two nodes on one database; a client that read
 // from one resumes on the other with its cursor.
-func TestResumeOnAnotherNode(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestResumeOnAnotherNode(t *testing.T) { bothSources(t, testResumeOnAnotherNode) }
+
+func testResumeOnAnotherNode(t *testing.T, e *env) {
 	a := e.startNode(feed.Config{})
 	b := e.startNode(feed.Config{})
 	c := a.dial(t, "")
@@ -263,6 +267,16 @@ func TestResumeOnAnotherNode(t *testing.T) {
 	f := a.dial(t, "")
 	f.subscribe(map[string]any{"id": "s", "table": "orders", "since": last})
 	checkIDs(t, "on the first node", f.changes(501, wait), 10)
+}
+
+// history is the History a test that wants part of its replay read from
+// the trigger log asks for: the logical source has no log (a cursor older
+// than its history gets a reset), so it keeps the default.
+func (e *env) history(n int) int {
+	if e.source == "logical" {
+		return 0
+	}
+	return n
 }
 
 // writer is a separate connection for concurrent writes.

@@ -23,9 +23,9 @@ import (
 // order unlike the one they started in, some rolled back, one held open for
 // seconds. Every subscriber gets every committed change exactly once, each
 // transaction's changes together, every row's changes in commit order.
-func TestConcurrentWriters(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestConcurrentWriters(t *testing.T) { bothSources(t, testConcurrentWriters) }
+
+func testConcurrentWriters(t *testing.T, e *env) {
 	n := e.startNode(feed.Config{})
 	const rows = 20
 	e.exec(`INSERT INTO orders (id, total, user_id) SELECT g, 0, 'seed' FROM generate_series(1, $1) g`, rows)
@@ -177,9 +177,9 @@ func asFloat(v any) float64 {
 
 // TestListenerBackendKilled: the listener's connection is terminated twice
 // mid-stream; subscribers get everything, once, in order.
-func TestListenerBackendKilled(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestListenerBackendKilled(t *testing.T) { bothSources(t, testListenerBackendKilled) }
+
+func testListenerBackendKilled(t *testing.T, e *env) {
 	n := e.startNode(feed.Config{})
 	c := n.dial(t, "")
 	c.subscribe(map[string]any{"id": "s", "table": "orders"})
@@ -203,6 +203,15 @@ func TestListenerBackendKilled(t *testing.T) {
 // every committed change arrives once, in order.
 func TestPostgresRestart(t *testing.T) {
 	t.Parallel()
+	for _, src := range sources {
+		t.Run(src, func(t *testing.T) {
+			t.Parallel()
+			testPostgresRestart(t, src)
+		})
+	}
+}
+
+func testPostgresRestart(t *testing.T, source string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	srv, err := pgtemp.Start(ctx, pgtemp.Options{})
@@ -210,7 +219,7 @@ func TestPostgresRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.Stop() })
-	e := newEnvAt(t, srv.URL("postgres"))
+	e := newEnvAt(t, srv.URL("postgres"), source)
 	n := e.startNode(feed.Config{})
 	c := n.dial(t, "")
 	c.subscribe(map[string]any{"id": "s", "table": "orders"})
@@ -243,9 +252,9 @@ func TestPostgresRestart(t *testing.T) {
 
 // TestSlowConsumer: a client that never reads is cut off while 20,000
 // changes are written; a normal client gets all 20,000.
-func TestSlowConsumer(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestSlowConsumer(t *testing.T) { bothSources(t, testSlowConsumer) }
+
+func testSlowConsumer(t *testing.T, e *env) {
 	// A queue that holds one 1,000-row transaction but not 20 of them.
 	n := e.startNode(feed.Config{QueueMessages: 2048})
 	ctx := context.Background()
@@ -308,9 +317,9 @@ func asCloseError(err error, ce *websocket.CloseError) bool {
 }
 
 // TestSSEHeartbeat: an idle stream carries ": ping" comments.
-func TestSSEHeartbeat(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestSSEHeartbeat(t *testing.T) { bothSources(t, testSSEHeartbeat) }
+
+func testSSEHeartbeat(t *testing.T, e *env) {
 	n := e.startNode(feed.Config{Heartbeat: 50 * time.Millisecond})
 	resp, err := http.Get("http://" + n.addr + "/v1/sse/orders")
 	if err != nil {
@@ -331,9 +340,9 @@ func TestSSEHeartbeat(t *testing.T) {
 
 // TestWriteTimeout: a client that stops reading, with a queue large enough
 // never to overflow, is cut off when a write blocks past WriteTimeout.
-func TestWriteTimeout(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestWriteTimeout(t *testing.T) { bothSources(t, testWriteTimeout) }
+
+func testWriteTimeout(t *testing.T, e *env) {
 	n := e.startNode(feed.Config{WriteTimeout: 300 * time.Millisecond})
 	ctx := context.Background()
 	stuck, _, err := websocket.Dial(ctx, "ws://"+n.addr+"/v1/ws", nil)

@@ -48,8 +48,17 @@ type Config struct {
 	// Catalog describes the captured tables. Required.
 	Catalog Catalog
 	// Store reads older changes back for resumes. Nil: resume only from
-	// memory.
+	// memory (the logical source); older cursors get a reset.
 	Store Store
+	// Newest, used when Store is nil, returns the newest position any node
+	// may have handed out, so that a cursor beyond this node's position
+	// (given by another node, or by this one before a restart, that this
+	// node has not reached yet) is waited for rather than reset. Nil: such
+	// cursors get a reset.
+	Newest func(ctx context.Context) (listener.Cursor, error)
+	// Metrics, when set, writes more Prometheus metrics at the end of
+	// /metrics (the logical source's slot gauges).
+	Metrics func(w io.Writer)
 	// Ready reports whether the database is reachable and capture runs, for
 	// /readyz. Nil: always ready once the stream has started.
 	Ready func(ctx context.Context) error
@@ -154,6 +163,7 @@ func New(cfg Config) (*Server, error) {
 		closing: make(chan struct{}),
 		conns:   make(map[*client]struct{}),
 	}
+	s.hub.newest = cfg.Newest
 	if cfg.RLS != nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		s.hub.rls = &rlsGroups{checker: cfg.RLS, log: cfg.Logger, maxJobs: cfg.QueueMessages, ctx: ctx, groups: map[string]*rlsGroup{}}
@@ -194,6 +204,16 @@ func (s *Server) Start(pos listener.Cursor) { s.hub.start(pos) }
 // Position is the position after the last batch handed to Emit, and
 // whether the stream has started.
 func (s *Server) Position() (listener.Cursor, bool) { return s.hub.position() }
+
+// HistoryStart is the oldest position this server can resume clients from
+// without a Store: the start of its in-memory history. The logical source
+// confirms its slot no further (listener.LogicalConfig.Keep), so that a
+// restarted node can resume the same cursors. Zero before the stream
+// starts.
+func (s *Server) HistoryStart() listener.Cursor {
+	c, _ := s.hub.historyStart()
+	return c
+}
 
 // Handler is the server's HTTP handler.
 func (s *Server) Handler() http.Handler { return s.cors(s.mux) }
@@ -578,7 +598,10 @@ func (s *Server) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "# HELP pgfeed_rls_checks_total Changes checked under row-level security, once per group of subscribers sharing table, role and claims (many per query when they pile up).\n# TYPE pgfeed_rls_checks_total counter\npgfeed_rls_checks_total %d\n", r.checks.Load())
 		fmt.Fprintf(w, "# HELP pgfeed_rls_errors_total Changes whose row-level security check failed; they were withheld from that group.\n# TYPE pgfeed_rls_errors_total counter\npgfeed_rls_errors_total %d\n", r.errors.Load())
 	}
-	fmt.Fprintf(w, "# HELP pgfeed_stream_tick The tick the stream has reached.\n# TYPE pgfeed_stream_tick gauge\npgfeed_stream_tick %d\n", pos.Tick)
+	fmt.Fprintf(w, "# HELP pgfeed_stream_tick The tick the stream has reached (the logical source: a WAL position).\n# TYPE pgfeed_stream_tick gauge\npgfeed_stream_tick %d\n", pos.Tick)
+	if s.cfg.Metrics != nil {
+		s.cfg.Metrics(w)
+	}
 	writeRuntimeMetrics(w)
 }
 

@@ -81,8 +81,14 @@ type Change struct {
 	New    json.RawMessage
 	Old    json.RawMessage
 	// CommitTime is the time of the tick that first saw the transaction
-	// committed: at most the tick interval after the real commit.
+	// committed: at most the tick interval after the real commit. From the
+	// logical source it is the commit's own time.
 	CommitTime time.Time
+	// Unchanged names the columns of an update that the logical source
+	// left out of New because their TOASTed value did not change and the
+	// table's replica identity did not carry it (see doc.go). Always nil
+	// from the trigger source.
+	Unchanged []string
 }
 
 // Tick is a stream position recorded in pgfeed.ticks.

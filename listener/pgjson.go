@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -69,7 +70,7 @@ func ValueJSON(dst, text []byte, t *Type) ([]byte, error) {
 		case "NaN", "Infinity", "-Infinity":
 			return appendJSONString(dst, text), nil
 		}
-		if !json.Valid(text) || len(text) == 0 || text[0] == '"' || text[0] == '{' || text[0] == '[' || text[0] == 't' || text[0] == 'f' || text[0] == 'n' {
+		if len(text) == 0 || !isNumberEdge(text[0]) || !isNumberEdge(text[len(text)-1]) || text[len(text)-1] == '-' || !json.Valid(text) {
 			return dst, fmt.Errorf("%w: number %q", ErrBadValue, text)
 		}
 		if t.Kind == kindFloat {
@@ -99,6 +100,10 @@ func ValueJSON(dst, text []byte, t *Type) ([]byte, error) {
 		return appendJSONString(dst, text), nil
 	}
 }
+
+// isNumberEdge reports whether c may start or end PostgreSQL's output of a
+// number (and so rules out JSON's other values and surrounding space).
+func isNumberEdge(c byte) bool { return c == '-' || c >= '0' && c <= '9' }
 
 // appendPlainDecimal writes a JSON number without its exponent: 1.5e+3 as
 // 1500, 1e-3 as 0.001.
@@ -142,19 +147,46 @@ func appendPlainDecimal(dst, num []byte) ([]byte, error) {
 	return dst, nil
 }
 
+// appendJSONString writes s as a JSON string exactly as PostgreSQL's
+// escape_json does (and so as to_jsonb's text output shows it): only the
+// quote, the backslash and control characters are escaped; <, >, & and
+// non-ASCII characters are written as they are.
 func appendJSONString(dst, s []byte) []byte {
-	q, _ := json.Marshal(string(s))
-	return append(dst, q...)
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for _, c := range s {
+		switch c {
+		case '"':
+			dst = append(dst, '\\', '"')
+		case '\\':
+			dst = append(dst, '\\', '\\')
+		case '\b':
+			dst = append(dst, '\\', 'b')
+		case '\f':
+			dst = append(dst, '\\', 'f')
+		case '\n':
+			dst = append(dst, '\\', 'n')
+		case '\r':
+			dst = append(dst, '\\', 'r')
+		case '\t':
+			dst = append(dst, '\\', 't')
+		default:
+			if c < ' ' {
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			} else {
+				dst = append(dst, c)
+			}
+		}
+	}
+	return append(dst, '"')
 }
 
 // appendTimestamp rewrites ISO DateStyle output the way to_jsonb writes
 // timestamps: a T between date and time, and a zone offset with minutes.
 func appendTimestamp(dst, text []byte, tz bool) []byte {
-	s := string(text)
-	if s == "infinity" || s == "-infinity" || len(s) < 19 || s[10] != ' ' || bytes.HasSuffix(text, []byte(" BC")) {
-		// Infinities as they are; BC years are left as PostgreSQL prints
-		// them (to_jsonb writes them as negative ISO years: not handled).
-		return appendJSONString(dst, text)
+	s, bc := strings.CutSuffix(string(text), " BC")
+	if s == "infinity" || s == "-infinity" || len(s) < 19 || s[10] != ' ' {
+		return appendJSONString(dst, text) // infinities as they are
 	}
 	s = s[:10] + "T" + s[11:]
 	if tz {
@@ -163,6 +195,9 @@ func appendTimestamp(dst, text []byte, tz bool) []byte {
 		if i := lastSign(s); i > 0 && len(s)-i == 3 {
 			s += ":00"
 		}
+	}
+	if bc {
+		s += " BC" // as to_jsonb writes years before 1
 	}
 	return appendJSONString(dst, []byte(s))
 }

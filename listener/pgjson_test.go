@@ -19,7 +19,7 @@ func TestValueJSONMatchesToJSONB(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	conn := pgtest.Connect(t, pgtest.NewDB(t))
-	if _, err := conn.Exec(ctx, `SET DateStyle = ISO; SET TimeZone = 'UTC';
+	if _, err := conn.Exec(ctx, `SET DateStyle = ISO; SET TimeZone = 'UTC'; SET extra_float_digits = 3;
 		CREATE DOMAIN posint AS int CHECK (VALUE > 0);
 		CREATE TYPE mood AS ENUM ('sad', 'happy');
 		CREATE TYPE pair AS (a int, b text)`); err != nil {
@@ -41,6 +41,14 @@ func TestValueJSONMatchesToJSONB(t *testing.T) {
 		`ARRAY['{"a":1}'::jsonb]`, `ARRAY[true,false]`, `ARRAY[1.5,NULL]::numeric[]`,
 		`5::posint`, `'happy'::mood`, `ROW(1, 'x y')::pair`, `ROW(NULL, '')::pair`, `ROW(2, 'q"uote,')::pair`,
 		`'(1,2)'::point`, `12.5::money`,
+		`'14:05:41.5+05:30'::timetz`, `'14:05:41+00'::timetz`, `'[1,5)'::int4range`, `'[2026-01-01,2026-02-01)'::daterange`,
+		`'["2026-01-01 10:00:00+00","2026-01-02 10:00:00+00")'::tstzrange`, `'<a>x</a>'::xml`, `B'101'::bit(3)`, `B'10'::varbit`,
+		`'08:00:2b:01:02:03'::macaddr`, `'10.0.0.0/8'::cidr`, `42::oid`, `'nm'::name`, `'x'::"char"`, `'a b'::tsvector`,
+		`'1 year 2 mons -3 days 04:05:06.789'::interval`, `'-1.5e-7'::float8`, `'1e21'::float8`, `123456789.125::float4`,
+		`'{{"2026-01-01"}}'::date[]`, `'{"(1,x)"}'::text[]`, `ARRAY[ARRAY[1.5,2]]::float8[]`,
+		`'2026-11-27 14:05:41.123+00'::timestamptz(2)`, `'0001-01-01 00:00:00+00'::timestamptz`, `'12:00'::time(0)`,
+		`'{"a": {"b": [1, 2]}, "c": "é\u0001"}'::jsonb`, `E'tab\there\u0007'::text`, `-0.0::float8`, `1e-320::float8`,
+		`'0044-03-15 BC'::date`, `'0044-03-15 12:00 BC'::timestamp`, `'0044-03-15 12:00+00 BC'::timestamptz`, `ARRAY['0001-01-01 00:00:01.5+00 BC'::timestamptz]`,
 	}
 	var types listener.Types
 	for _, v := range values {

@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgfeed/pgfeed/internal/pgtemp"
+	"github.com/pgfeed/pgfeed/internal/pgtest"
+	"github.com/pgfeed/pgfeed/listener"
 	"github.com/pgfeed/pgfeed/triggers"
 )
 
@@ -15,9 +18,11 @@ import (
 // side by side on one durable server (fsync and synchronous_commit on, unlike
 // the test server): single-row INSERT transactions from 4 concurrent clients,
 // and one 100,000-row INSERT ... SELECT, each on an uncaptured table, a
-// captured table while no listener is awake (one NOTIFY per transaction), and
-// a captured table while the listeners are awake (no NOTIFY). Compare the
-// ns/op of the variants of one run:
+// captured table while no listener is awake (one NOTIFY per transaction), a
+// captured table while the listeners are awake (no NOTIFY), and a table of
+// the logical source's publication while a Logical source streams it (the
+// walsender decoding on the same machine). Each variant reports x-none, its
+// ns/op over the uncaptured variant's of the same run:
 //
 //	go test -run '^$' -bench CaptureCost -count 3 ./triggers/
 func BenchmarkCaptureCost(b *testing.B) {
@@ -42,10 +47,13 @@ func BenchmarkCaptureCost(b *testing.B) {
 			b.Fatalf("%s: %v", sql, err)
 		}
 	}
-	for _, name := range []string{"plain", "captured"} {
+	for _, name := range []string{"plain", "captured", "published"} {
 		mustExec(fmt.Sprintf(`CREATE TABLE %s (id bigserial PRIMARY KEY, user_id text NOT NULL, status text NOT NULL, total numeric NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`, name))
 	}
 	if _, err := triggers.Enable(ctx, pool, "captured"); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := triggers.EnableLogical(ctx, pool, triggers.Publication{}, "published"); err != nil {
 		b.Fatal(err)
 	}
 	variants := []struct {
@@ -55,10 +63,24 @@ func BenchmarkCaptureCost(b *testing.B) {
 		{"none", "plain", false},
 		{"notify", "captured", false},
 		{"awake", "captured", true},
+		{"logical", "published", false},
+	}
+	var none time.Duration // ns/op of the uncaptured variant, per shape
+	ratio := func(b *testing.B, name string) {
+		per := b.Elapsed() / time.Duration(b.N)
+		if name == "none" {
+			none = per
+		}
+		if none > 0 {
+			b.ReportMetric(float64(per)/float64(none), "x-none")
+		}
 	}
 	for _, v := range variants {
 		b.Run("single-row/"+v.name, func(b *testing.B) {
 			setAwake(b, pool, v.awake)
+			if v.name == "logical" {
+				defer streamLogical(b, url, pool)()
+			}
 			mustExec("TRUNCATE pgfeed.changes; CHECKPOINT")
 			insert := fmt.Sprintf(`INSERT INTO %s (user_id, status, total) VALUES ('u1', 'open', 9.5)`, v.table)
 			b.SetParallelism(2) // 4 clients on this machine's 2 cores
@@ -70,19 +92,53 @@ func BenchmarkCaptureCost(b *testing.B) {
 					}
 				}
 			})
+			ratio(b, v.name)
 		})
 	}
+	none = 0
 	for _, v := range variants {
 		b.Run("bulk-100k/"+v.name, func(b *testing.B) {
 			setAwake(b, pool, v.awake)
+			if v.name == "logical" {
+				defer streamLogical(b, url, pool)()
+			}
 			insert := fmt.Sprintf(`INSERT INTO %s (user_id, status, total) SELECT 'u' || g, 'open', g * 1.5 FROM generate_series(1, 100000) g`, v.table)
 			for b.Loop() {
 				b.StopTimer()
-				mustExec("TRUNCATE pgfeed.changes, plain, captured; CHECKPOINT")
+				mustExec("TRUNCATE pgfeed.changes, plain, captured, published; CHECKPOINT")
 				b.StartTimer()
 				mustExec(insert)
 			}
+			ratio(b, v.name)
 		})
+	}
+}
+
+// streamLogical runs a Logical source on the publication, on a slot of its
+// own, until the returned function is called; that function stops it and
+// drops the slot.
+func streamLogical(b *testing.B, url string, pool *pgxpool.Pool) func() {
+	b.Helper()
+	repl, err := listener.ReplicationConnector(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	src := listener.NewLogical(listener.LogicalConfig{DB: pool, Replicate: repl, Slot: "bench"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, func(listener.Batch) error { return nil }) }()
+	select {
+	case <-src.Ready():
+	case err := <-done:
+		cancel()
+		b.Fatalf("logical source: %v", err)
+	}
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Errorf("logical source: %v", err)
+		}
+		pgtest.DropSlot(b, url, "bench")
 	}
 }
 

@@ -19,6 +19,10 @@ import (
 type Catalog struct {
 	db  DB
 	ttl time.Duration
+	// publication, when set, makes a table captured when it is in this
+	// publication (the logical source) rather than when it has pgfeed's
+	// triggers.
+	publication string
 
 	mu    sync.Mutex
 	cache map[string]cached // guarded by mu
@@ -36,6 +40,14 @@ func NewCatalog(db DB, ttl time.Duration) *Catalog {
 		ttl = 5 * time.Second
 	}
 	return &Catalog{db: db, ttl: ttl, cache: make(map[string]cached)}
+}
+
+// NewPublicationCatalog is NewCatalog for the logical source: the captured
+// tables are those of the publication.
+func NewPublicationCatalog(db DB, publication string, ttl time.Duration) *Catalog {
+	c := NewCatalog(db, ttl)
+	c.publication = Publication{Name: publication}.name()
+	return c
 }
 
 // Table describes the captured table named "schema.table" as events name it
@@ -68,8 +80,9 @@ func (c *Catalog) describe(ctx context.Context, name string) (*subscriptions.Tab
 	err := c.db.QueryRow(ctx, `
 		SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		 WHERE n.nspname = $1 AND c.relname = $2
-		   AND EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'pgfeed_capture_insert')`,
-		schema, rel).Scan(&oid)
+		   AND CASE WHEN $3 = '' THEN EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'pgfeed_capture_insert')
+		            ELSE EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = $3 AND t.schemaname = n.nspname AND t.tablename = c.relname) END`,
+		schema, rel, c.publication).Scan(&oid)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("table %q: %w", name, subscriptions.ErrUnknownTable)
 	}

@@ -16,8 +16,18 @@
 // arguments. After changing a table's primary key, run Enable again: it is
 // idempotent and refreshes them (List reports a stale key).
 //
+// For the logical source, capture is instead membership of the table in
+// pgfeed's publication (EnableLogical, DisableLogical, ListLogical,
+// GenerateLogical, NewPublicationCatalog): the same resolution and
+// refusals, plus unlogged tables; statements that can run twice (DO blocks
+// that create the publication when absent and add a table only when it is
+// not a member), and REPLICA IDENTITY FULL on request. Disabling never
+// changes a table's replica identity.
+//
 // Invariants: a table name given by a user is resolved by PostgreSQL
 // (to_regclass), and every identifier put into SQL comes from the catalog and
-// is quoted with pgx.Identifier; Enable and the rendered migration run exactly
-// the same statements; nothing here runs at request time.
+// is quoted with pgx.Identifier (inside DO blocks, as a quoted literal of
+// the quoted identifier); Enable and the rendered migration run exactly
+// the same statements, and so do EnableLogical and its migration; nothing
+// here runs at request time.
 package triggers

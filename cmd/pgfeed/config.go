@@ -86,6 +86,12 @@ type LogicalConfig struct {
 	Slot string `mapstructure:"slot"`
 	// Publication is the publication the slot decodes.
 	Publication string `mapstructure:"publication"`
+	// MaxRetainedWAL is the most WAL the slot may keep for resumes, as
+	// written (a byte count with an optional unit, like 1GB or 512MB).
+	MaxRetainedWAL string `mapstructure:"max_retained_wal"`
+	// MaxRetainedWALBytes is MaxRetainedWAL in bytes; always > 0. It is not
+	// a config key.
+	MaxRetainedWALBytes int64 `mapstructure:"-"`
 }
 
 // AuthConfig says how clients authenticate.
@@ -142,6 +148,7 @@ func configKeys() []configKey {
 		{"trigger.notify_below", 2000},
 		{"logical.slot", "pgfeed"},
 		{"logical.publication", "pgfeed"},
+		{"logical.max_retained_wal", "1GB"},
 		{"retention", "24h"},
 		{"auth.anonymous", false},
 		{"auth.jwt.secret", ""},
@@ -490,6 +497,11 @@ func (l *loader) validate(c *Config) error {
 	if c.Logical.Publication == "" || len(c.Logical.Publication) > 63 {
 		return l.bad("logical.publication", "%q is not a publication name (1 to 63 characters)", c.Logical.Publication)
 	}
+	n, err := parseSize(c.Logical.MaxRetainedWAL)
+	if err != nil || n <= 0 {
+		return l.bad("logical.max_retained_wal", "%q is not a size (write it like 1GB, 512MB or 1073741824, in bytes)", c.Logical.MaxRetainedWAL)
+	}
+	c.Logical.MaxRetainedWALBytes = n
 	if c.Retention <= 0 {
 		return l.bad("retention", "must be longer than zero, got %s", c.Retention)
 	}
@@ -547,6 +559,42 @@ func (l *loader) origin(key string) string {
 		return l.file
 	}
 	return ""
+}
+
+// parseSize reads a size as PostgreSQL writes sizes: a whole number of
+// bytes, or one followed by B, kB, MB, GB or TB (powers of 1024; the unit's
+// case does not matter, a space before it is allowed).
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	if i == 0 || i > 18 {
+		return 0, fmt.Errorf("size %q: no number", s)
+	}
+	n, err := strconv.ParseInt(s[:i], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: %w", s, err)
+	}
+	shift := 0
+	switch strings.ToLower(strings.TrimSpace(s[i:])) {
+	case "", "b":
+	case "kb":
+		shift = 10
+	case "mb":
+		shift = 20
+	case "gb":
+		shift = 30
+	case "tb":
+		shift = 40
+	default:
+		return 0, fmt.Errorf("size %q: unknown unit", s)
+	}
+	if n > (1<<62)>>shift {
+		return 0, fmt.Errorf("size %q: too large", s)
+	}
+	return n << shift, nil
 }
 
 // isSlotName reports whether PostgreSQL accepts s as a replication slot name.

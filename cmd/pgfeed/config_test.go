@@ -20,7 +20,7 @@ func TestConfigDefaults(t *testing.T) {
 		HTTP:      HTTPConfig{Listen: "127.0.0.1:8080"},
 		Source:    "trigger",
 		Trigger:   TriggerConfig{NotifyBelow: 2000},
-		Logical:   LogicalConfig{Slot: "pgfeed", Publication: "pgfeed"},
+		Logical:   LogicalConfig{Slot: "pgfeed", Publication: "pgfeed", MaxRetainedWAL: "1GB", MaxRetainedWALBytes: 1 << 30},
 		Retention: 24 * time.Hour,
 		Limits:    Limits{Connections: 10000, Subscriptions: 100, SubscribesPerSecond: 20},
 	}
@@ -120,21 +120,22 @@ retention: 2h
 func TestConfigEnvironment(t *testing.T) {
 	cleanEnv(t)
 	env := map[string]string{
-		"PGFEED_DATABASE_URL":         "postgres://u@db.example/app",
-		"PGFEED_HTTP_LISTEN":          ":9000",
-		"PGFEED_HTTP_ALLOWED_ORIGINS": "https://a.example,https://b.example:8443",
-		"PGFEED_SOURCE":               "logical",
-		"PGFEED_TRIGGER_NOTIFY_BELOW": "0",
-		"PGFEED_LOGICAL_SLOT":         "node_1",
-		"PGFEED_LOGICAL_PUBLICATION":  "pub",
-		"PGFEED_RETENTION":            "90m",
-		"PGFEED_LIMITS_CONNECTIONS":   "5",
-		"PGFEED_AUTH_ANONYMOUS":       "true",
-		"PGFEED_AUTH_JWT_SECRET":      "s3cret",
-		"PGFEED_AUTH_JWT_JWKS_URL":    "https://auth.example/.well-known/jwks.json",
-		"PGFEED_AUTH_JWT_AUDIENCE":    "aud",
-		"PGFEED_AUTH_JWT_ISSUER":      "iss",
-		"PGFEED_POLICIES":             `[{"table":"public.orders","roles":["anon"],"columns":["id"],"filter":"id=gt.0","rls":true}]`,
+		"PGFEED_DATABASE_URL":             "postgres://u@db.example/app",
+		"PGFEED_HTTP_LISTEN":              ":9000",
+		"PGFEED_HTTP_ALLOWED_ORIGINS":     "https://a.example,https://b.example:8443",
+		"PGFEED_SOURCE":                   "logical",
+		"PGFEED_TRIGGER_NOTIFY_BELOW":     "0",
+		"PGFEED_LOGICAL_SLOT":             "node_1",
+		"PGFEED_LOGICAL_PUBLICATION":      "pub",
+		"PGFEED_LOGICAL_MAX_RETAINED_WAL": "512 MB",
+		"PGFEED_RETENTION":                "90m",
+		"PGFEED_LIMITS_CONNECTIONS":       "5",
+		"PGFEED_AUTH_ANONYMOUS":           "true",
+		"PGFEED_AUTH_JWT_SECRET":          "s3cret",
+		"PGFEED_AUTH_JWT_JWKS_URL":        "https://auth.example/.well-known/jwks.json",
+		"PGFEED_AUTH_JWT_AUDIENCE":        "aud",
+		"PGFEED_AUTH_JWT_ISSUER":          "iss",
+		"PGFEED_POLICIES":                 `[{"table":"public.orders","roles":["anon"],"columns":["id"],"filter":"id=gt.0","rls":true}]`,
 	}
 	for k, v := range env {
 		t.Setenv(k, v)
@@ -148,7 +149,7 @@ func TestConfigEnvironment(t *testing.T) {
 		HTTP:     HTTPConfig{Listen: ":9000", AllowedOrigins: []string{"https://a.example", "https://b.example:8443"}},
 		Source:   "logical",
 		Trigger:  TriggerConfig{NotifyBelow: 0},
-		Logical:  LogicalConfig{Slot: "node_1", Publication: "pub"},
+		Logical:  LogicalConfig{Slot: "node_1", Publication: "pub", MaxRetainedWAL: "512 MB", MaxRetainedWALBytes: 512 << 20},
 		Auth: AuthConfig{Anonymous: true, JWT: JWTConfig{
 			Secret: "s3cret", JWKSURL: "https://auth.example/.well-known/jwks.json", Audience: "aud", Issuer: "iss",
 		}},
@@ -226,6 +227,8 @@ func TestConfigErrors(t *testing.T) {
 		{name: "bad listen", file: "http:\n  listen: localhost\n", want: []string{"http.listen", `"localhost"`}},
 		{name: "bad origin", file: "http:\n  allowed_origins: [example.com]\n", want: []string{"http.allowed_origins", "example.com"}},
 		{name: "bad slot", file: "logical:\n  slot: My-Slot\n", want: []string{"logical.slot"}},
+		{name: "bad size", file: "logical:\n  max_retained_wal: lots\n", want: []string{`logical.max_retained_wal: "lots" is not a size`}},
+		{name: "zero size", file: "logical:\n  max_retained_wal: 0\n", want: []string{`logical.max_retained_wal: "0" is not a size`}},
 		{name: "bad jwks url", file: "auth:\n  jwt:\n    jwks_url: ftp://x\n", want: []string{"auth.jwt.jwks_url"}},
 		{name: "bad database url", file: "database:\n  url: \"postgres://h:notaport/db\"\n", want: []string{"database.url"}},
 		{name: "bad yaml", file: "http:\n  listen: [\n", want: []string{"config file", "pgfeed.yaml"}},
@@ -290,4 +293,31 @@ func TestConfigFlagBesideFileSection(t *testing.T) {
 			t.Fatalf("run %d: url %q listen %q", i, cfg.Database.URL, cfg.HTTP.Listen)
 		}
 	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"1": 1, "10B": 10, "1kB": 1024, "512 MB": 512 << 20, "1gb": 1 << 30, "2TB": 2 << 40} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MB", "1 PB", "1.5GB", "-1", "99999999999999999999", "9000000TB"} {
+		if got, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) = %d, want an error", in, got)
+		}
+	}
+}
+
+// FuzzParseSize: any text gives a non-negative size or an error, never a
+// panic or an overflow.
+func FuzzParseSize(f *testing.F) {
+	for _, s := range []string{"1GB", "512 MB", "0", "10b", "x", "4611686018427387904", "4194304TB"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := parseSize(s)
+		if err == nil && n < 0 {
+			t.Fatalf("parseSize(%q) = %d", s, n)
+		}
+	})
 }

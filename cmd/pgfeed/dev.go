@@ -173,6 +173,11 @@ func withoutPassword(s string) string {
 // serveDemo serves the demo table to anonymous clients (unless policies are
 // configured) until ctx is done, printing how to connect.
 func (a *app) serveDemo(ctx context.Context, cfg *Config) error {
+	if cfg.Source != "trigger" {
+		// The demo captures with triggers; the logical source is for serve.
+		a.log.Info("pgfeed dev captures with triggers", "configured_source", cfg.Source)
+		cfg.Source = "trigger"
+	}
 	if len(cfg.Policies) == 0 {
 		cfg.Auth.Anonymous = true
 		cfg.Policies = []Policy{{Table: demoTable, Roles: []string{"anon"}}}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 
 	"github.com/jackc/pgx/v5"
@@ -34,14 +35,19 @@ func (a *app) serveCmd() *cobra.Command {
 	}
 }
 
+// changeSource is what serve needs of a listener, of either source.
+type changeSource interface {
+	Run(ctx context.Context, emit func(listener.Batch) error) error
+	Ready() <-chan struct{}
+	Position() listener.Cursor
+	Live() bool
+}
+
 // serve runs the change-feed server: the listener reading the trigger log
-// and the HTTP server fanning it out. It returns nil after a clean shutdown
-// (ctx cancelled). ready, when set, is called with the listening address
-// once clients can connect.
+// (or the logical replication slot) and the HTTP server fanning it out. It
+// returns nil after a clean shutdown (ctx cancelled). ready, when set, is
+// called with the listening address once clients can connect.
 func (a *app) serve(ctx context.Context, cfg *Config, ready func(addr string)) error {
-	if cfg.Source != "trigger" {
-		return &usageError{msg: fmt.Sprintf("source: %q is not available yet in this version; use source: trigger", cfg.Source)}
-	}
 	pool, err := pgxpool.New(ctx, cfg.Database.URL)
 	if err != nil {
 		return fmt.Errorf("connect to database: %w", err)
@@ -50,33 +56,65 @@ func (a *app) serve(ctx context.Context, cfg *Config, ready func(addr string)) e
 	if err := pool.Ping(ctx); err != nil {
 		return fmt.Errorf("connect to database: %w", err)
 	}
-	db, err := openSQL(ctx, cfg.Database.URL)
-	if err != nil {
-		return err
-	}
-	pending, err := migrations.Pending(ctx, db)
-	db.Close()
-	if err != nil {
-		return err
-	}
-	if pending > 0 {
-		return fmt.Errorf("pgfeed's schema is %d migration(s) behind: run \"pgfeed migrate up\" first", pending)
+
+	var (
+		cat     *triggers.Catalog
+		src     changeSource
+		logical *listener.Logical
+		srv     *feed.Server // set once made; the logical source asks it how far to confirm
+	)
+	switch cfg.Source {
+	case "logical":
+		// pgfeed's own schema is not used: the slot is the log.
+		repl, err := listener.ReplicationConnector(cfg.Database.URL)
+		if err != nil {
+			return fmt.Errorf("connect to database: %w", err)
+		}
+		logical = listener.NewLogical(listener.LogicalConfig{
+			DB:             pool,
+			Replicate:      repl,
+			Slot:           cfg.Logical.Slot,
+			Publication:    cfg.Logical.Publication,
+			Keep:           func() listener.Cursor { return srv.HistoryStart() },
+			MaxRetainedWAL: cfg.Logical.MaxRetainedWALBytes,
+			Logger:         a.log.With("component", "listener"),
+		})
+		if err := logical.Setup(ctx); err != nil {
+			if errors.Is(err, listener.ErrRefused) {
+				return &configError{msg: err.Error()}
+			}
+			return fmt.Errorf("set up logical replication: %w", err)
+		}
+		cat = triggers.NewPublicationCatalog(pool, cfg.Logical.Publication, 0)
+		src = logical
+	default:
+		db, err := openSQL(ctx, cfg.Database.URL)
+		if err != nil {
+			return err
+		}
+		pending, err := migrations.Pending(ctx, db)
+		db.Close()
+		if err != nil {
+			return err
+		}
+		if pending > 0 {
+			return fmt.Errorf("pgfeed's schema is %d migration(s) behind: run \"pgfeed migrate up\" first", pending)
+		}
+		cat = triggers.NewCatalog(pool, 0)
+		src = listener.New(listener.Config{
+			Connect: func(ctx context.Context) (*pgx.Conn, error) {
+				return pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())
+			},
+			Retention:   cfg.Retention,
+			NotifyBelow: notifyBelow(cfg.Trigger.NotifyBelow),
+			Logger:      a.log.With("component", "listener"),
+		})
 	}
 
-	cat := triggers.NewCatalog(pool, 0)
 	policies, err := a.policies(ctx, cfg, cat)
 	if err != nil {
 		return err
 	}
-
-	src := listener.New(listener.Config{
-		Connect: func(ctx context.Context) (*pgx.Conn, error) {
-			return pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())
-		},
-		Retention:   cfg.Retention,
-		NotifyBelow: notifyBelow(cfg.Trigger.NotifyBelow),
-		Logger:      a.log.With("component", "listener"),
-	})
 	var verifier feed.Verifier
 	if j := cfg.Auth.JWT; j.Secret != "" || j.JWKSURL != "" || j.JWKSFile != "" {
 		v, err := token.New(token.Config{Secret: j.Secret, JWKSURL: j.JWKSURL, JWKSFile: j.JWKSFile, Audience: j.Audience, Issuer: j.Issuer})
@@ -105,7 +143,7 @@ func (a *app) serve(ctx context.Context, cfg *Config, ready func(addr string)) e
 			break
 		}
 	}
-	srv, err := feed.New(feed.Config{
+	fcfg := feed.Config{
 		RLS:              rls,
 		Listen:           cfg.HTTP.Listen,
 		AllowedOrigins:   cfg.HTTP.AllowedOrigins,
@@ -116,7 +154,6 @@ func (a *app) serve(ctx context.Context, cfg *Config, ready func(addr string)) e
 		SubscribeRate:    cfg.Limits.SubscribesPerSecond,
 		Policies:         policies,
 		Catalog:          cat,
-		Store:            listener.Log{DB: pool},
 		Ready: func(ctx context.Context) error {
 			if err := pool.Ping(ctx); err != nil {
 				return fmt.Errorf("database unreachable: %w", err)
@@ -127,7 +164,16 @@ func (a *app) serve(ctx context.Context, cfg *Config, ready func(addr string)) e
 			return nil
 		},
 		Logger: a.log.With("component", "feed"),
-	})
+	}
+	if logical != nil {
+		// No change log: resumes come from memory, and a cursor beyond
+		// this node's position is checked against the WAL.
+		fcfg.Newest = logical.Newest
+		fcfg.Metrics = func(w io.Writer) { writeSlotMetrics(w, logical) }
+	} else {
+		fcfg.Store = listener.Log{DB: pool}
+	}
+	srv, err = feed.New(fcfg)
 	if err != nil {
 		return err
 	}
@@ -164,6 +210,12 @@ func (a *app) serve(ctx context.Context, cfg *Config, ready func(addr string)) e
 	return err
 }
 
+// writeSlotMetrics writes the logical source's gauges in Prometheus text.
+func writeSlotMetrics(w io.Writer, l *listener.Logical) {
+	fmt.Fprintf(w, "# HELP pgfeed_slot_retained_wal_bytes WAL the replication slot keeps (-1 until measured, every 30 s); compare with logical.max_retained_wal.\n# TYPE pgfeed_slot_retained_wal_bytes gauge\npgfeed_slot_retained_wal_bytes %d\n", l.RetainedWAL())
+	fmt.Fprintf(w, "# HELP pgfeed_slot_confirmed_lsn The WAL position last confirmed to the replication slot.\n# TYPE pgfeed_slot_confirmed_lsn gauge\npgfeed_slot_confirmed_lsn %d\n", uint64(l.Confirmed()))
+}
+
 // policies compiles the configured policies and checks them against the
 // captured tables: a policy naming a missing table or column is a
 // configuration error.
@@ -181,7 +233,7 @@ func (a *app) policies(ctx context.Context, cfg *Config, cat *triggers.Catalog) 
 		name := p.Table
 		t, err := cat.Table(ctx, qualifyTable(name))
 		if errors.Is(err, subscriptions.ErrUnknownTable) {
-			return nil, &configError{msg: fmt.Sprintf("policies[%d].table: %s does not exist or is not captured (run \"pgfeed triggers enable %s\")", i, name, name)}
+			return nil, &configError{msg: fmt.Sprintf("policies[%d].table: %s does not exist or is not captured with source: %s (run \"pgfeed triggers enable %s\")", i, name, cfg.Source, name)}
 		}
 		if err != nil {
 			return nil, err

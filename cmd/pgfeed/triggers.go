@@ -15,7 +15,7 @@ import (
 )
 
 // withConn loads the configuration, connects to the database and calls fn.
-func withConn(cmd *cobra.Command, fn func(ctx context.Context, conn *pgx.Conn) error) error {
+func withConn(cmd *cobra.Command, fn func(ctx context.Context, conn *pgx.Conn, cfg *Config) error) error {
 	cfg, err := loadConfig(cmd.Flags())
 	if err != nil {
 		return err
@@ -26,8 +26,20 @@ func withConn(cmd *cobra.Command, fn func(ctx context.Context, conn *pgx.Conn) e
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	return fn(ctx, conn)
+	return fn(ctx, conn, cfg)
 }
+
+// publication reads how the logical source captures tables from cfg and
+// the --replica-identity-full flag, which only the logical source takes.
+func publication(cmd *cobra.Command, cfg *Config) (triggers.Publication, error) {
+	full, _ := cmd.Flags().GetBool("replica-identity-full")
+	if full && cfg.Source != "logical" {
+		return triggers.Publication{}, &usageError{msg: "--replica-identity-full applies to source: logical only (the trigger source always captures whole old rows); set source: logical or drop the flag"}
+	}
+	return triggers.Publication{Name: cfg.Logical.Publication, ReplicaIdentityFull: full}, nil
+}
+
+const replicaIdentityFullHelp = "with source: logical, also set REPLICA IDENTITY FULL, so that updates and deletes carry the whole old row (more WAL per update and delete)"
 
 // needTables requires at least one table name.
 func needTables(cmd *cobra.Command, args []string) error {
@@ -50,8 +62,13 @@ func (a *app) triggersCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "triggers",
 		Short: "Enable, disable, list or script change capture on tables",
-		Args:  cobra.ArbitraryArgs,
-		RunE:  unknownSubcommand,
+		Long: `Enable, disable, list or script change capture on tables.
+
+With source: trigger (the default) capture means pgfeed's triggers on the
+table; with source: logical it means the table's membership in the
+publication (logical.publication). The source comes from the configuration.`,
+		Args: cobra.ArbitraryArgs,
+		RunE: unknownSubcommand,
 	}
 	generate := &cobra.Command{
 		Use:   "generate TABLE... --dir DIR",
@@ -59,8 +76,17 @@ func (a *app) triggersCmd() *cobra.Command {
 		Args:  needTables,
 		RunE: action(func(cmd *cobra.Command, args []string) error {
 			dir, _ := cmd.Flags().GetString("dir")
-			return withConn(cmd, func(ctx context.Context, conn *pgx.Conn) error {
-				path, err := triggers.Generate(ctx, conn, dir, args, "pgfeed "+version, time.Now())
+			return withConn(cmd, func(ctx context.Context, conn *pgx.Conn, cfg *Config) error {
+				pub, err := publication(cmd, cfg)
+				if err != nil {
+					return err
+				}
+				var path string
+				if cfg.Source == "logical" {
+					path, err = triggers.GenerateLogical(ctx, conn, pub, dir, args, "pgfeed "+version, time.Now())
+				} else {
+					path, err = triggers.Generate(ctx, conn, dir, args, "pgfeed "+version, time.Now())
+				}
 				if err != nil {
 					return refusedOr(err, "generate migration")
 				}
@@ -71,32 +97,52 @@ func (a *app) triggersCmd() *cobra.Command {
 	}
 	generate.Flags().String("dir", "", "directory of the goose migrations to write into (required)")
 	_ = generate.MarkFlagRequired("dir")
+	generate.Flags().Bool("replica-identity-full", false, replicaIdentityFullHelp)
+	enable := &cobra.Command{
+		Use:   "enable TABLE...",
+		Short: "Start capturing the changes of each table",
+		Args:  needTables,
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			return withConn(cmd, func(ctx context.Context, conn *pgx.Conn, cfg *Config) error {
+				pub, err := publication(cmd, cfg)
+				if err != nil {
+					return err
+				}
+				var tables []triggers.Table
+				if cfg.Source == "logical" {
+					tables, err = triggers.EnableLogical(ctx, conn, pub, args...)
+				} else {
+					tables, err = triggers.Enable(ctx, conn, args...)
+				}
+				if err != nil {
+					return refusedOr(err, "enable capture")
+				}
+				for _, t := range tables {
+					fmt.Fprintf(a.stdout, "capture enabled on %s\n", t)
+				}
+				return nil
+			})
+		}),
+	}
+	enable.Flags().Bool("replica-identity-full", false, replicaIdentityFullHelp)
 
 	cmd.AddCommand(
-		&cobra.Command{
-			Use:   "enable TABLE...",
-			Short: "Start capturing the changes of each table",
-			Args:  needTables,
-			RunE: action(func(cmd *cobra.Command, args []string) error {
-				return withConn(cmd, func(ctx context.Context, conn *pgx.Conn) error {
-					tables, err := triggers.Enable(ctx, conn, args...)
-					if err != nil {
-						return refusedOr(err, "enable capture")
-					}
-					for _, t := range tables {
-						fmt.Fprintf(a.stdout, "capture enabled on %s\n", t)
-					}
-					return nil
-				})
-			}),
-		},
+		enable,
 		&cobra.Command{
 			Use:   "disable TABLE...",
 			Short: "Stop capturing the changes of each table",
 			Args:  needTables,
 			RunE: action(func(cmd *cobra.Command, args []string) error {
-				return withConn(cmd, func(ctx context.Context, conn *pgx.Conn) error {
-					tables, err := triggers.Disable(ctx, conn, args...)
+				return withConn(cmd, func(ctx context.Context, conn *pgx.Conn, cfg *Config) error {
+					var (
+						tables []triggers.Table
+						err    error
+					)
+					if cfg.Source == "logical" {
+						tables, err = triggers.DisableLogical(ctx, conn, triggers.Publication{Name: cfg.Logical.Publication}, args...)
+					} else {
+						tables, err = triggers.Disable(ctx, conn, args...)
+					}
 					if err != nil {
 						return refusedOr(err, "disable capture")
 					}
@@ -120,11 +166,18 @@ func (a *app) triggersCmd() *cobra.Command {
 	return cmd
 }
 
-func (a *app) listCaptured(ctx context.Context, conn *pgx.Conn) error {
+// listCaptured lists the tables captured by either source: the triggers,
+// and the members of the configured publication.
+func (a *app) listCaptured(ctx context.Context, conn *pgx.Conn, cfg *Config) error {
 	list, err := triggers.List(ctx, conn)
 	if err != nil {
 		return err
 	}
+	published, err := triggers.ListLogical(ctx, conn, triggers.Publication{Name: cfg.Logical.Publication})
+	if err != nil {
+		return err
+	}
+	list = append(list, published...)
 	if len(list) == 0 {
 		fmt.Fprintln(a.stdout, "no table is captured")
 		return nil

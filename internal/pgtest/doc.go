@@ -8,4 +8,8 @@
 // Lifecycle: the server is owned by the test binary: Main stops it after
 // m.Run. Databases are owned by the tests that create them and dropped in
 // their cleanup (WITH (FORCE), so a leftover connection cannot keep one).
+// Replication slots are global to the server and block DROP DATABASE:
+// Slot names one per test and drops it in a cleanup that runs before the
+// database's (it waits, up to 30 s, for the process streaming from it to
+// let it go).
 package pgtest

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx", for goose
 
 	"github.com/pgfeed/pgfeed/internal/pgtemp"
@@ -142,4 +144,64 @@ func NewMigratedDB(t testing.TB) string {
 		t.Fatalf("migrate test database: %v", err)
 	}
 	return url
+}
+
+// Slot returns a replication slot name unique to this test (slot names
+// are global to the server) and drops the slot, if one was made, when the
+// test ends: a forgotten slot would keep WAL, and would stop its database
+// from being dropped. Call it after the test's database is made, so that
+// the slot goes first. Whatever streams from the slot must stop before:
+// cleanups run last-registered first, so register its stop after calling
+// Slot (or stop it before the test returns).
+func Slot(t testing.TB, url string) string {
+	t.Helper()
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := "pgfeed_test_" + hex.EncodeToString(b[:])
+	t.Cleanup(func() { DropSlot(t, url, name) })
+	return name
+}
+
+// DropSlot drops slot name if it exists, waiting (up to 30 s) for the
+// process streaming from it to let it go.
+func DropSlot(t testing.TB, url, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Errorf("drop slot %s: %v", name, err)
+		return
+	}
+	defer conn.Close(context.Background())
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var exists, active bool
+		err := conn.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1`, name).Scan(&exists, &active)
+		if err != nil {
+			t.Errorf("drop slot %s: %v", name, err)
+			return
+		}
+		if !exists {
+			return
+		}
+		if !active {
+			_, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, name)
+			if err == nil {
+				return
+			}
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "55006" { // 55006: taken again meanwhile
+				t.Errorf("drop slot %s: %v", name, err)
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Errorf("drop slot %s: still in use after 30 s", name)
+			return
+		case <-tick.C:
+		}
+	}
 }
