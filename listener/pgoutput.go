@@ -1,7 +1,6 @@
 package listener
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -12,8 +11,9 @@ import (
 )
 
 // This file turns pgoutput's messages (protocol version 1) into Changes
-// that read exactly as the trigger source's: rows as to_jsonb renders them
-// (members in jsonb's key order), keys from the primary key.
+// that read exactly as the trigger source's: rows as to_json renders them,
+// members in the table's column order, values as to_jsonb renders them;
+// keys from the primary key, in its column order.
 
 // relation is what the decoder knows of a published table, from its latest
 // Relation message and the catalog.
@@ -24,9 +24,6 @@ type relation struct {
 	// order. Empty when the table has no primary key (then the replica
 	// identity columns stand in).
 	key []int
-	// order lists the indexes of cols in jsonb's key order (shorter names
-	// first, then bytewise), the order to_jsonb writes a row's members in.
-	order []int
 }
 
 type column struct {
@@ -108,7 +105,7 @@ func (d *decoder) handle(ctx context.Context, data []byte) (b Batch, done bool, 
 		default: // the key did not change: the old key is the new one
 			c.Old = r.rowJSON(vals, true)
 		}
-		for _, i := range r.order {
+		for i := range r.cols {
 			if vals[i] == nil {
 				c.Unchanged = append(c.Unchanged, r.cols[i].name)
 			}
@@ -289,14 +286,14 @@ func (d *decoder) values(r *relation, t *pglogrepl.TupleData, fill [][]byte) [][
 	return vals
 }
 
-// rowJSON renders the columns with a value as a JSON object in jsonb's key
-// order; keyOnly keeps only the replica identity columns (what a key-only
+// rowJSON renders the columns with a value as a JSON object in column
+// order (as to_json, and so the trigger source, writes a row); keyOnly keeps only the replica identity columns (what a key-only
 // old tuple carries).
 func (r *relation) rowJSON(vals [][]byte, keyOnly bool) []byte {
 	b := make([]byte, 0, 64)
 	b = append(b, '{')
 	first := true
-	for _, i := range r.order {
+	for i := range r.cols {
 		if vals[i] == nil || keyOnly && !r.cols[i].identity {
 			continue
 		}
@@ -311,8 +308,8 @@ func (r *relation) rowJSON(vals [][]byte, keyOnly bool) []byte {
 	return append(b, '}')
 }
 
-// keyJSON renders the primary key columns of a row, in jsonb's key order
-// (as jsonb_build_object gives it).
+// keyJSON renders the primary key columns of a row in key order, as the
+// trigger source does.
 func (r *relation) keyJSON(vals [][]byte) []byte {
 	key := r.key
 	if len(key) == 0 {
@@ -322,8 +319,7 @@ func (r *relation) keyJSON(vals [][]byte) []byte {
 			}
 		}
 	}
-	idx := slices.Clone(key)
-	slices.SortFunc(idx, func(a, b int) int { return jsonbKeyCompare(r.cols[a].name, r.cols[b].name) })
+	idx := key
 	b := make([]byte, 0, 32)
 	b = append(b, '{')
 	for n, i := range idx {
@@ -341,15 +337,6 @@ func (r *relation) keyJSON(vals [][]byte) []byte {
 	return append(b, '}')
 }
 
-// jsonbKeyCompare orders object keys as jsonb stores them: shorter first,
-// then bytewise.
-func jsonbKeyCompare(a, b string) int {
-	if len(a) != len(b) {
-		return len(a) - len(b)
-	}
-	return bytes.Compare([]byte(a), []byte(b))
-}
-
 // newRelation builds a relation from a Relation message, the column types
 // and the primary key column names.
 func newRelation(m *pglogrepl.RelationMessage, types []*Type, pk []string) *relation {
@@ -365,10 +352,5 @@ func newRelation(m *pglogrepl.RelationMessage, types []*Type, pk []string) *rela
 	if len(r.key) != len(pk) {
 		r.key = nil // a key column is not published: fall back to the identity
 	}
-	r.order = make([]int, len(r.cols))
-	for i := range r.order {
-		r.order[i] = i
-	}
-	slices.SortFunc(r.order, func(a, b int) int { return jsonbKeyCompare(r.cols[a].name, r.cols[b].name) })
 	return r
 }

@@ -139,7 +139,7 @@ func TestDecoderReset(t *testing.T) {
 	if !done || len(b.Changes) != 2 {
 		t.Fatalf("resent transaction: done %v, %d changes, want 2", done, len(b.Changes))
 	}
-	if got := string(b.Changes[1].New); got != `{"v":null,"id":2}` {
+	if got := string(b.Changes[1].New); got != `{"id":2,"v":null}` {
 		t.Errorf("second row %s", got)
 	}
 	if c := b.Changes[1].Cursor; c.Tick != 0x1000 || c.Pos != 2 {
