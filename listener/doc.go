@@ -69,7 +69,9 @@
 //
 // What is confirmed to the slot, and why: the flush position sent in
 // standby status updates (every StatusInterval, when a keepalive asks, and
-// when a session ends) is never past what emit has returned for (the feed's
+// when a session ends: that last one waits for the server's answer, since
+// closing a socket with unread data can make the server drop what it had
+// not read yet) is never past what emit has returned for (the feed's
 // Emit returns once the batch is in every matching queue and the history),
 // nor past Keep: the start of the feed's in-memory history. So a pgfeed
 // restarted on the same slot decodes its predecessor's history window again

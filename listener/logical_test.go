@@ -187,10 +187,16 @@ func TestLogicalMatchesTriggers(t *testing.T) {
 		if g.Unchanged != nil {
 			t.Errorf("%s: unchanged %v without TOASTed values", what, g.Unchanged)
 		}
-		// Byte for byte too: both keep a row's columns in table order
-		// and a json column's text as written.
+		// Byte for byte too: both write a row's columns in table order
+		// and every value as to_jsonb does, json columns included.
 		if len(w.New) > 0 && !bytes.Equal(g.New, compact(t, w.New)) {
 			t.Errorf("%s: new not byte-identical\n logical  %s\n triggers %s", what, g.New, compact(t, w.New))
+		}
+		if len(w.Key) > 0 && !bytes.Equal(g.Key, compact(t, w.Key)) {
+			t.Errorf("%s: key not byte-identical\n logical  %s\n triggers %s", what, g.Key, compact(t, w.Key))
+		}
+		if w.Table == "typed_full" && len(w.Old) > 0 && !bytes.Equal(g.Old, compact(t, w.Old)) {
+			t.Errorf("%s: old not byte-identical\n logical  %s\n triggers %s", what, g.Old, compact(t, w.Old))
 		}
 	}
 	if len(want) < 20 {

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,7 +47,8 @@ const (
 	kindDate        = 'd' // ISO already; infinities as strings
 	kindTimestamp   = 's' // "YYYY-MM-DD HH:MI:SS" to "YYYY-MM-DDTHH:MI:SS"
 	kindTimestampTZ = 'z' // and "+00" to "+00:00"
-	kindJSON        = 'j' // embedded
+	kindJSON        = 'j' // embedded (jsonb: its text is canonical already)
+	kindJSONText    = 'J' // json: embedded as jsonb would store it
 	kindArray       = 'a'
 	kindComposite   = 'c'
 )
@@ -89,6 +92,8 @@ func ValueJSON(dst, text []byte, t *Type) ([]byte, error) {
 			return dst, fmt.Errorf("%w: json: %v", ErrBadValue, err)
 		}
 		return append(dst, buf.Bytes()...), nil
+	case kindJSONText:
+		return appendAsJSONB(dst, text)
 	case kindArray:
 		if t.Elem == nil {
 			return dst, fmt.Errorf("array type %d without an element type", t.OID)
@@ -99,6 +104,109 @@ func ValueJSON(dst, text []byte, t *Type) ([]byte, error) {
 	default:
 		return appendJSONString(dst, text), nil
 	}
+}
+
+// appendAsJSONB writes a json value as to_jsonb converts it to jsonb: object
+// keys in jsonb's order (shorter first, then bytewise), the last of
+// duplicate keys kept, strings unescaped and escaped again as
+// escape_json does, numbers as numeric writes them (no exponent, no -0).
+func appendAsJSONB(dst, text []byte) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(text))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return dst, fmt.Errorf("%w: json: %v", ErrBadValue, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return dst, fmt.Errorf("%w: json: trailing text", ErrBadValue)
+	}
+	return appendJSONBValue(dst, v)
+}
+
+func appendJSONBValue(dst []byte, v any) ([]byte, error) {
+	switch v := v.(type) {
+	case nil:
+		return append(dst, "null"...), nil
+	case bool:
+		return strconv.AppendBool(dst, v), nil
+	case string:
+		return appendJSONString(dst, []byte(v)), nil
+	case json.Number:
+		if isZeroNumber([]byte(v)) {
+			return appendZero(dst, []byte(v)), nil
+		}
+		return appendPlainDecimal(dst, []byte(v))
+	case []any:
+		dst = append(dst, '[')
+		for i, e := range v {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			var err error
+			if dst, err = appendJSONBValue(dst, e); err != nil {
+				return dst, err
+			}
+		}
+		return append(dst, ']'), nil
+	case map[string]any:
+		keys := make([]string, 0, len(v))
+		for k := range v {
+			keys = append(keys, k)
+		}
+		slices.SortFunc(keys, jsonbKeyCompare)
+		dst = append(dst, '{')
+		for i, k := range keys {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendJSONString(dst, []byte(k))
+			dst = append(dst, ':')
+			var err error
+			if dst, err = appendJSONBValue(dst, v[k]); err != nil {
+				return dst, err
+			}
+		}
+		return append(dst, '}'), nil
+	}
+	return dst, fmt.Errorf("%w: json: unexpected %T", ErrBadValue, v)
+}
+
+// jsonbKeyCompare orders object keys as jsonb stores them: shorter first,
+// then bytewise.
+func jsonbKeyCompare(a, b string) int {
+	if len(a) != len(b) {
+		return len(a) - len(b)
+	}
+	return strings.Compare(a, b)
+}
+
+// appendZero writes a zero as numeric does: no sign, and as many decimals
+// as its scale (the decimals written less the exponent, at least none).
+func appendZero(dst, n []byte) []byte {
+	exp := 0
+	if i := bytes.IndexAny(n, "eE"); i >= 0 {
+		exp, _ = strconv.Atoi(string(n[i+1:]))
+		n = n[:i]
+	}
+	scale := 0
+	if _, frac, ok := bytes.Cut(n, []byte(".")); ok {
+		scale = len(frac)
+	}
+	scale = min(max(scale-exp, 0), 1000)
+	dst = append(dst, '0')
+	if scale > 0 {
+		dst = append(dst, '.')
+		dst = append(dst, bytes.Repeat([]byte{'0'}, scale)...)
+	}
+	return dst
+}
+
+// isZeroNumber reports whether a JSON number's mantissa is all zeros.
+func isZeroNumber(n []byte) bool {
+	if i := bytes.IndexAny(n, "eE"); i >= 0 {
+		n = n[:i]
+	}
+	return strings.Trim(string(n), "-0.") == ""
 }
 
 // isNumberEdge reports whether c may start or end PostgreSQL's output of a
@@ -439,8 +547,10 @@ func loadType(ctx context.Context, db Querier, oid uint32, depth int) (*Type, er
 		t.Kind = kindTimestamp
 	case 1184: // timestamptz
 		t.Kind = kindTimestampTZ
-	case 114, 3802: // json jsonb
+	case 3802: // jsonb
 		t.Kind = kindJSON
+	case 114: // json
+		t.Kind = kindJSONText
 	default:
 		switch {
 		case category == "A" && elem != 0:

@@ -48,6 +48,8 @@ func TestValueJSONMatchesToJSONB(t *testing.T) {
 		`'{{"2026-01-01"}}'::date[]`, `'{"(1,x)"}'::text[]`, `ARRAY[ARRAY[1.5,2]]::float8[]`,
 		`'2026-11-27 14:05:41.123+00'::timestamptz(2)`, `'0001-01-01 00:00:00+00'::timestamptz`, `'12:00'::time(0)`,
 		`'{"a": {"b": [1, 2]}, "c": "é\u0001"}'::jsonb`, `E'tab\there\u0007'::text`, `-0.0::float8`, `1e-320::float8`,
+		`'{"b": 1, "a": [1.50, 1e2, -0, -0.0e5, 2.5E-3, "\u00e9\n<"], "b": {"zz": true, "z": null}, "": 0}'::json`,
+		`'[]'::json`, `'"x"'::json`, `'12.0'::json`, `'[0e-2, -0.00, 0E+1, 1.0e-3, 1.50e1, 123456789012345678901234567890]'::json`, `ARRAY['{"b":1,"a":2}'::json]`,
 		`'0044-03-15 BC'::date`, `'0044-03-15 12:00 BC'::timestamp`, `'0044-03-15 12:00+00 BC'::timestamptz`, `ARRAY['0001-01-01 00:00:01.5+00 BC'::timestamptz]`,
 	}
 	var types listener.Types
@@ -97,7 +99,7 @@ func FuzzValueJSON(f *testing.F) {
 	text := &listener.Type{Kind: 't'}
 	types := []*listener.Type{
 		{Kind: 'b'}, num, {Kind: 'f'}, {Kind: 'd'}, {Kind: 's'}, tz, {Kind: 'j'}, text,
-		{Kind: 'a', Elem: num, Delim: ','}, {Kind: 'a', Elem: tz, Delim: ','},
+		{Kind: 'a', Elem: num, Delim: ','}, {Kind: 'a', Elem: tz, Delim: ','}, {Kind: 'J'},
 		{Kind: 'c', Fields: []listener.Field{{Name: "a", Type: num}, {Name: "b", Type: text}}},
 	}
 	f.Fuzz(func(t *testing.T, s string) {
