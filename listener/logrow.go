@@ -172,7 +172,7 @@ func skipValue(b []byte, i int) (int, error) {
 		return 0, fmt.Errorf("%w: unterminated %c", errBadLogJSON, b[i])
 	default:
 		j := i
-		for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ':' {
+		for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ':' && !isSpace(b[j]) {
 			j++
 		}
 		if j == i {
@@ -182,13 +182,18 @@ func skipValue(b []byte, i int) (int, error) {
 	}
 }
 
-// canonicalJSON appends src compacted, with every number written as
-// PostgreSQL's numeric writes it: capture stores to_json text, which writes
-// float values as float8out does (1e+20, -0), where to_jsonb converts them
-// to numeric (100000000000000000000, 0). NULL (nil or empty src) gives nil.
+// canonicalJSON appends a logged row (a JSON object), or a chunk of them (a
+// JSON array), as to_jsonb would have rendered it: capture stores to_json
+// text, which differs from to_jsonb's in the values only. A row keeps its
+// members in column order (to_json's, and the logical source's), each
+// value rewritten as to_jsonb writes it: numbers as numeric writes them
+// (to_json writes floats as float8out does: 1e+20, -0), and nested objects
+// (json and composite columns, arrays of them) in jsonb's form (keys
+// sorted, the last of duplicates, strings escaped again). The output is
+// compact. NULL (nil, empty or null src) gives nil.
 func canonicalJSON(dst, src []byte) ([]byte, error) {
 	src = bytes.TrimSpace(src)
-	if len(src) == 0 {
+	if len(src) == 0 || string(src) == "null" {
 		return nil, nil
 	}
 	if !json.Valid(src) {
@@ -197,34 +202,153 @@ func canonicalJSON(dst, src []byte) ([]byte, error) {
 	if dst == nil {
 		dst = make([]byte, 0, len(src))
 	}
-	for i := 0; i < len(src); {
-		c := src[i]
-		switch {
-		case c == ' ' || c == '\n' || c == '\t' || c == '\r':
-			i++
-		case c == '"':
-			end, err := skipValue(src, i)
-			if err != nil {
-				return nil, err
-			}
-			dst = append(dst, src[i:end]...)
-			i = end
-		case c == '-' || c >= '0' && c <= '9':
-			j := i + 1
-			for j < len(src) && bytes.IndexByte([]byte("0123456789.eE+-"), src[j]) >= 0 {
-				j++
+	switch src[0] {
+	case '{':
+		return appendRow(dst, src)
+	case '[':
+		dst = append(dst, '[')
+		n := 0
+		err := eachElement(src, func(row []byte) error {
+			if n++; n > 1 {
+				dst = append(dst, ',')
 			}
 			var err error
-			if dst, err = appendNumeric(dst, src[i:j]); err != nil {
-				return nil, err
-			}
-			i = j
+			dst, err = appendRow(dst, row)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		return append(dst, ']'), nil
+	}
+	return nil, fmt.Errorf("%w: not a row", errBadLogJSON)
+}
+
+// appendRow appends a row object, its values as to_jsonb writes them.
+func appendRow(dst, obj []byte) ([]byte, error) {
+	if len(obj) == 0 || obj[0] != '{' {
+		return dst, fmt.Errorf("%w: row is not an object", errBadLogJSON)
+	}
+	dst = append(dst, '{')
+	n := 0
+	err := eachMemberRaw(obj, func(name, value []byte) error {
+		if n++; n > 1 {
+			dst = append(dst, ',')
+		}
+		var err error
+		if dst, err = appendString(dst, name); err != nil {
+			return err
+		}
+		dst = append(dst, ':')
+		dst, err = appendValue(dst, value)
+		return err
+	})
+	if err != nil {
+		return dst, err
+	}
+	return append(dst, '}'), nil
+}
+
+// appendValue appends one column's value as to_jsonb writes it.
+func appendValue(dst, v []byte) ([]byte, error) {
+	switch c := v[0]; {
+	case c == '{' || c == '[':
+		return appendAsJSONB(dst, v)
+	case c == '"':
+		return appendString(dst, v)
+	case c == 't' || c == 'f' || c == 'n':
+		return append(dst, v...), nil
+	default:
+		return appendNumeric(dst, v)
+	}
+}
+
+// appendString appends a JSON string escaped as escape_json does (to_json
+// escapes text that way already; a json column keeps its own escapes).
+func appendString(dst, q []byte) ([]byte, error) {
+	if !bytes.ContainsRune(q, '\\') {
+		return append(dst, q...), nil
+	}
+	var s string
+	if err := json.Unmarshal(q, &s); err != nil {
+		return dst, fmt.Errorf("%w: bad string", errBadLogJSON)
+	}
+	return appendJSONString(dst, []byte(s)), nil
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\n' || c == '\t' || c == '\r' }
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && isSpace(b[i]) {
+		i++
+	}
+	return i
+}
+
+// eachMemberRaw calls fn with the raw name (a JSON string) and value of each
+// member of a JSON object, which may hold whitespace.
+func eachMemberRaw(obj []byte, fn func(name, value []byte) error) error {
+	i := skipSpace(obj, 1)
+	if i < len(obj) && obj[i] == '}' {
+		return nil
+	}
+	for i < len(obj) {
+		if obj[i] != '"' {
+			return fmt.Errorf("%w: bad member name", errBadLogJSON)
+		}
+		end, err := skipValue(obj, i)
+		if err != nil {
+			return err
+		}
+		name := obj[i:end]
+		if i = skipSpace(obj, end); i >= len(obj) || obj[i] != ':' {
+			return fmt.Errorf("%w: bad object", errBadLogJSON)
+		}
+		i = skipSpace(obj, i+1)
+		vend, err := skipValue(obj, i)
+		if err != nil {
+			return err
+		}
+		if err := fn(name, obj[i:vend]); err != nil {
+			return err
+		}
+		switch i = skipSpace(obj, vend); {
+		case i < len(obj) && obj[i] == ',':
+			i = skipSpace(obj, i+1)
+		case i < len(obj) && obj[i] == '}':
+			return nil
 		default:
-			dst = append(dst, c)
-			i++
+			return fmt.Errorf("%w: bad object", errBadLogJSON)
 		}
 	}
-	return dst, nil
+	return fmt.Errorf("%w: truncated object", errBadLogJSON)
+}
+
+// eachElement calls fn with each element of a JSON array, which may hold
+// whitespace.
+func eachElement(arr []byte, fn func(el []byte) error) error {
+	i := skipSpace(arr, 1)
+	if i < len(arr) && arr[i] == ']' {
+		return nil
+	}
+	for i < len(arr) {
+		end, err := skipValue(arr, i)
+		if err != nil {
+			return err
+		}
+		if err := fn(arr[i:end]); err != nil {
+			return err
+		}
+		switch i = skipSpace(arr, end); {
+		case i < len(arr) && arr[i] == ',':
+			i = skipSpace(arr, i+1)
+		case i < len(arr) && arr[i] == ']':
+			return nil
+		default:
+			return fmt.Errorf("%w: bad array", errBadLogJSON)
+		}
+	}
+	return fmt.Errorf("%w: truncated array", errBadLogJSON)
 }
 
 // appendNumeric appends a JSON number as numeric would print it: without an
