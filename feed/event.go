@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/pgfeed/pgfeed/listener"
 	"github.com/pgfeed/pgfeed/subscriptions"
@@ -87,37 +88,39 @@ type field struct {
 type fields []field
 
 // parseFields splits a JSON object into its members, keeping their order and
-// compacting each value. JSON null (or nothing) gives nil.
+// compacting each value. JSON null (or nothing) gives nil. Names and values
+// point into raw: the listener hands over compact JSON, so nothing is
+// copied unless a nested value holds whitespace.
 func parseFields(raw []byte) (fields, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
+	if raw[0] != '{' || !json.Valid(raw) {
 		return nil, fmt.Errorf("row is not a JSON object")
 	}
 	fs := fields{}
-	for dec.More() {
-		tok, err := dec.Token()
+	err := listener.EachMember(raw, func(q, v []byte) error {
+		name, err := listener.MemberName(q)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		name, _ := tok.(string)
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, err
+		if (v[0] == '{' || v[0] == '[') && bytes.ContainsAny(v, " \t\r\n") {
+			var buf bytes.Buffer
+			if err := json.Compact(&buf, v); err != nil {
+				return err
+			}
+			v = buf.Bytes()
 		}
-		var buf bytes.Buffer
-		if err := json.Compact(&buf, v); err != nil {
-			return nil, err
+		qname := q[:len(q):len(q)]
+		if !utf8.Valid(q) {
+			qname = appendJSONString(nil, name)
 		}
-		fs = append(fs, field{name: name, qname: appendJSONString(nil, name), raw: buf.Bytes()})
+		fs = append(fs, field{name: name, qname: qname, raw: v[:len(v):len(v)]})
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return fs, nil
 }

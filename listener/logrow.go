@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"unicode/utf8"
 )
 
 // errBadLogJSON reports a log value that is not the JSON capture writes.
@@ -78,10 +79,15 @@ func keyOf(row []byte, keyCols []string) (json.RawMessage, error) {
 		return nil, nil
 	}
 	vals := make([][]byte, len(keyCols))
-	err := eachMember(row, func(name string, v []byte) {
+	err := EachMember(row, func(q, v []byte) error {
+		name, err := MemberName(q)
+		if err != nil {
+			return err
+		}
 		if i := slices.Index(keyCols, name); i >= 0 && vals[i] == nil {
 			vals[i] = v
 		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -100,38 +106,6 @@ func keyOf(row []byte, keyCols []string) (json.RawMessage, error) {
 		}
 	}
 	return append(key, '}'), nil
-}
-
-// eachMember calls fn with the name and compact value of each member of a
-// compact JSON object.
-func eachMember(obj []byte, fn func(name string, value []byte)) error {
-	if len(obj) < 2 || obj[0] != '{' || obj[len(obj)-1] != '}' {
-		return fmt.Errorf("%w: row is not an object", errBadLogJSON)
-	}
-	for i := 1; i < len(obj)-1; {
-		end, err := skipValue(obj, i)
-		if err != nil {
-			return err
-		}
-		var name string
-		if obj[i] != '"' || end >= len(obj) || obj[end] != ':' || json.Unmarshal(obj[i:end], &name) != nil {
-			return fmt.Errorf("%w: bad member name", errBadLogJSON)
-		}
-		vstart := end + 1
-		vend, err := skipValue(obj, vstart)
-		if err != nil {
-			return err
-		}
-		fn(name, obj[vstart:vend])
-		i = vend
-		if i < len(obj)-1 {
-			if obj[i] != ',' {
-				return fmt.Errorf("%w: bad object", errBadLogJSON)
-			}
-			i++
-		}
-	}
-	return nil
 }
 
 // skipValue returns the end of the compact JSON value starting at b[i].
@@ -231,7 +205,7 @@ func appendRow(dst, obj []byte) ([]byte, error) {
 	}
 	dst = append(dst, '{')
 	n := 0
-	err := eachMemberRaw(obj, func(name, value []byte) error {
+	err := EachMember(obj, func(name, value []byte) error {
 		if n++; n > 1 {
 			dst = append(dst, ',')
 		}
@@ -276,6 +250,19 @@ func appendString(dst, q []byte) ([]byte, error) {
 	return appendJSONString(dst, []byte(s)), nil
 }
 
+// MemberName decodes a raw member name from EachMember (invalid UTF-8
+// becomes U+FFFD, as encoding/json decodes it).
+func MemberName(q []byte) (string, error) {
+	if len(q) >= 2 && !bytes.ContainsRune(q, '\\') && utf8.Valid(q) {
+		return string(q[1 : len(q)-1]), nil
+	}
+	var s string
+	if err := json.Unmarshal(q, &s); err != nil {
+		return "", fmt.Errorf("%w: bad member name", errBadLogJSON)
+	}
+	return s, nil
+}
+
 func isSpace(c byte) bool { return c == ' ' || c == '\n' || c == '\t' || c == '\r' }
 
 func skipSpace(b []byte, i int) int {
@@ -285,9 +272,15 @@ func skipSpace(b []byte, i int) int {
 	return i
 }
 
-// eachMemberRaw calls fn with the raw name (a JSON string) and value of each
-// member of a JSON object, which may hold whitespace.
-func eachMemberRaw(obj []byte, fn func(name, value []byte) error) error {
+// EachMember calls fn with the raw name (a JSON string, quotes and escapes
+// included) and the raw value of each member of the JSON object obj, in
+// order, without copying; obj may hold whitespace between tokens (not
+// before its opening brace). It does not validate obj as a whole: call it on
+// JSON known to be valid, as the listener's output is.
+func EachMember(obj []byte, fn func(name, value []byte) error) error {
+	if len(obj) < 2 || obj[0] != '{' {
+		return fmt.Errorf("%w: not an object", errBadLogJSON)
+	}
 	i := skipSpace(obj, 1)
 	if i < len(obj) && obj[i] == '}' {
 		return nil
