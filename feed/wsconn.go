@@ -148,6 +148,12 @@ type wsConn struct {
 	sock *corkConn       // likewise
 	wake chan struct{}   // one token: a running writer has something to do
 
+	// ctx is the context of the connection's reads and the work they
+	// start (subscribing, replays, token checks); cancel ends it, when the
+	// reader ends or a writer gives up on the connection. Set by start.
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	mu      sync.Mutex
 	writing bool        // guarded by mu: a writer goroutine runs
 	ended   bool        // guarded by mu: the connection is over; no writer starts
@@ -167,6 +173,7 @@ func newWSConn(s *Server, c *client) *wsConn {
 // start attaches the upgraded connection; until then kick only records
 // that there is work.
 func (ws *wsConn) start(conn *websocket.Conn, sock *corkConn) {
+	ws.ctx, ws.cancel = context.WithCancel(context.Background())
 	ws.mu.Lock()
 	ws.conn, ws.sock = conn, sock
 	ws.ping = time.AfterFunc(ws.s.cfg.Heartbeat, func() {
@@ -187,9 +194,8 @@ func (ws *wsConn) run() {
 	// Reads and the subscriptions they start stop when the reader does;
 	// the writer goes on to send what is queued (an error, a close
 	// reason) until the queue closes.
-	ctx, cancel := context.WithCancel(context.Background())
-	ws.s.wsReader(ctx, ws)
-	cancel()
+	ws.s.wsReader(ws.ctx, ws)
+	ws.cancel()
 	ws.c.replays.Wait()
 	ws.s.endAll(ws.c)
 	ws.c.q.close("closed")
@@ -213,15 +219,24 @@ func (ws *wsConn) armExpiry() {
 		ws.expiry.Stop()
 		ws.expiry = nil
 	}
+	ws.expired = false // a fresh token replaces one that just expired
 	if ws.ended || expires.IsZero() {
 		return
 	}
-	ws.expiry = time.AfterFunc(time.Until(expires), func() {
+	var t *time.Timer
+	t = time.AfterFunc(time.Until(expires), func() {
 		ws.mu.Lock()
-		ws.expired = true
+		// A timer stopped by a later armExpiry may fire all the same.
+		current := ws.expiry == t
+		if current {
+			ws.expired = true
+		}
 		ws.mu.Unlock()
-		ws.kick()
+		if current {
+			ws.kick()
+		}
 	})
+	ws.expiry = t
 }
 
 // kick makes sure a writer runs: it wakes the running one or starts one.
@@ -264,6 +279,9 @@ func (ws *wsConn) write() {
 		ws.mu.Lock()
 		ws.writing, ws.ended = false, true
 		ws.mu.Unlock()
+		// Whatever the reader is doing for the client (a subscribe
+		// waiting on the database, a token check) is moot now.
+		ws.cancel()
 	}
 	for {
 		ws.mu.Lock()

@@ -3,6 +3,7 @@ package feed_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"io"
@@ -11,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/pgfeed/pgfeed/feed"
+	"github.com/pgfeed/pgfeed/listener"
+	"github.com/pgfeed/pgfeed/subscriptions"
 )
 
 // clientFrame is a masked WebSocket text frame, as a client sends it.
@@ -122,5 +126,66 @@ func TestWebSocketFramesSentWithTheUpgrade(t *testing.T) {
 	}
 	if m := serverMessage(t, r); m["type"] != "pong" {
 		t.Fatalf("after the burst %v, want pong", m)
+	}
+}
+
+// blockingCatalog answers nothing until the caller gives up.
+type blockingCatalog struct{ asked chan struct{} }
+
+func (b blockingCatalog) Table(ctx context.Context, name string) (*subscriptions.Table, error) {
+	select {
+	case b.asked <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestShutdownWhileSubscribing: a subscribe stuck in the catalog (a slow
+// or unreachable database) does not keep the server from shutting down:
+// the connection's work is cancelled when it closes.
+func TestShutdownWhileSubscribing(t *testing.T) {
+	t.Parallel()
+	p, err := subscriptions.CompilePolicies(defaultPolicies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat := blockingCatalog{asked: make(chan struct{}, 1)}
+	srv, err := feed.New(feed.Config{Catalog: cat, Policies: p, Anonymous: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start(listener.Cursor{Tick: 1})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, l) }()
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	c, _, err := websocket.Dial(dctx, "ws://"+l.Addr().String()+"/v1/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	if err := c.Write(dctx, websocket.MessageText, []byte(`{"type":"subscribe","id":"s","table":"public.orders"}`)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-cat.asked:
+	case <-dctx.Done():
+		t.Fatal("the subscribe never reached the catalog")
+	}
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Serve did not return after shutdown while a subscribe was waiting on the catalog")
 	}
 }
