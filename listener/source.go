@@ -209,7 +209,7 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 			// Writers NOTIFY: each commit wakes this loop at once. Promise
 			// to read instead only when transactions come fast enough for
 			// back-to-back reads to find them as soon (or, with a negative
-			// NotifyBelow, on every wake-up).
+			// NotifyBelow, whenever a NOTIFY woke it).
 			if s.cfg.NotifyBelow < 0 && waited || n > 0 && rate.perSecond >= float64(s.cfg.NotifyBelow) {
 				if err := s.setAwake(ctx, conn, true); err != nil {
 					return err
@@ -226,10 +226,9 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 			}
 			// Every commit after this read's tick notifies: the wait
 			// returns at once for those that came during the read.
-			if err := waitNotification(ctx, conn, s.cfg.Poll); err != nil {
+			if waited, err = notified(ctx, conn, s.cfg.Poll); err != nil {
 				return err
 			}
-			waited = true
 			continue
 		}
 		slow := rate.perSecond < float64(s.cfg.NotifyBelow)/2
@@ -346,9 +345,16 @@ func (s *Source) sleep(ctx context.Context, conn *pgx.Conn, emit func(Batch) err
 		return fmt.Errorf("take snapshot: %w", err)
 	}
 	drainWait := 5 * time.Millisecond
+	lastBeat := time.Now()
 	for {
 		if _, _, err := s.readNew(ctx, conn, emit); err != nil {
 			return err
+		}
+		if time.Since(lastBeat) >= s.cfg.Poll {
+			if err := s.heartbeat(ctx, conn); err != nil {
+				return err
+			}
+			lastBeat = time.Now()
 		}
 		var done bool
 		err := conn.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot()) >= pg_snapshot_xmax($1::pg_snapshot)`, snap).Scan(&done)
@@ -376,16 +382,26 @@ func (s *Source) sleep(ctx context.Context, conn *pgx.Conn, emit func(Batch) err
 // waitNotification waits up to d for a notification on conn. A timeout is
 // not an error.
 func waitNotification(ctx context.Context, conn *pgx.Conn, d time.Duration) error {
+	_, err := notified(ctx, conn, d)
+	return err
+}
+
+// notified waits up to d for a notification on conn and reports whether one
+// came.
+func notified(ctx context.Context, conn *pgx.Conn, d time.Duration) (bool, error) {
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	_, err := conn.WaitForNotification(wctx)
-	if err == nil || ctx.Err() != nil {
-		return ctx.Err()
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+	if err == nil {
+		return true, nil
 	}
 	if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
-		return nil
+		return false, nil
 	}
-	return fmt.Errorf("wait for notification: %w", err)
+	return false, fmt.Errorf("wait for notification: %w", err)
 }
 
 // setAwake records (or withdraws) this node's promise to be reading.
@@ -412,12 +428,18 @@ func awakeArgs(node string, awake bool, d time.Duration) []any {
 	return []any{node}
 }
 
-// heartbeat refreshes seen_at while asleep and removes rows of listeners
+// heartbeat refreshes seen_at while asleep (recreating the row, not awake,
+// if it is gone) and removes rows of listeners
 // that have not been seen for a long while (they died without cleaning up,
 // and would otherwise keep every writer sending NOTIFY).
 func (s *Source) heartbeat(ctx context.Context, conn *pgx.Conn) error {
+	// An upsert: another node may have removed this node's row while a
+	// long drain kept it from beating; without it writers would skip
+	// NOTIFY whenever the other nodes are awake.
 	_, err := conn.Exec(ctx, `
-		WITH me AS (UPDATE pgfeed.listeners SET seen_at = now() WHERE node = $1)
+		WITH me AS (
+		     INSERT INTO pgfeed.listeners (node, awake_until, seen_at) VALUES ($1, '-infinity', now())
+		     ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at)
 		DELETE FROM pgfeed.listeners WHERE seen_at < now() - $2::interval AND node <> $1`,
 		s.cfg.Node, max(time.Minute, 30*s.cfg.Poll))
 	if err != nil {

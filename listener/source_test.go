@@ -360,3 +360,52 @@ func TestSourceLive(t *testing.T) {
 	}
 	t.Fatalf("live never went down and back up (saw down: %v)", sawDown)
 }
+
+// TestSourceRepeatableReadWriter: a REPEATABLE READ writer whose snapshot
+// saw the source's promise, and which writes only after the source
+// withdrew it, still wakes the source (its transaction id is newer than
+// what the drain waits for, so without a NOTIFY its change would wait for
+// the poll, a minute here).
+func TestSourceRepeatableReadWriter(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, conn := capturedTable(t)
+	_, col := startSource(t, url, listener.Config{Poll: time.Minute, NotifyBelow: -1})
+	watcher := pgtest.Connect(t, url)
+
+	// Keep the source reading (awake) with a stream of writes until the
+	// REPEATABLE READ transaction has its snapshot.
+	rr := pgtest.Connect(t, url)
+	tx, err := rr.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	n := 0
+	for promised := false; !promised; n++ {
+		if n > 5000 {
+			t.Fatal("the source never promised to read")
+		}
+		if _, err := conn.Exec(ctx, `INSERT INTO items (id) VALUES ($1)`, n); err != nil {
+			t.Fatal(err)
+		}
+		if err := watcher.QueryRow(ctx, `SELECT coalesce(bool_and(awake_until > clock_timestamp()), false) FROM pgfeed.listeners`).Scan(&promised); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The snapshot, taken while the promise holds.
+	if _, err := tx.Exec(ctx, `SELECT count(*) FROM pgfeed.listeners`); err != nil {
+		t.Fatal(err)
+	}
+	waitListenerAsleep(t, watcher)
+	if _, err := tx.Exec(ctx, `INSERT INTO items (id) VALUES (-1)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := col.waitFor(t, n+1, 20*time.Second)
+	if last := got[len(got)-1]; string(last.Key) != `{"id":-1}` {
+		t.Fatalf("last change %s, want the REPEATABLE READ writer's", last.Key)
+	}
+}

@@ -195,8 +195,14 @@ func TestChunkedLogRollsBack(t *testing.T) {
 		`insert {"a": 2, "b": "x"} {"a": 2, "b": "x", "v": 200000000000000000000} ` +
 		`insert {"a": 3, "b": "x"} {"a": 3, "b": "x", "v": 300000000000000000000} ` +
 		`update {"a": 2, "b": "x"} {"a": 2, "b": "x", "v": 0} `
-	if r, err := migrations.Down(ctx, db); err != nil || r == nil || !strings.HasPrefix(r.Name, "00004") {
-		t.Fatalf("down = %+v, %v; want 00004 rolled back", r, err)
+	for { // down to before 00004
+		r, err := migrations.Down(ctx, db)
+		if err != nil || r == nil {
+			t.Fatalf("down = %+v, %v; want 00004 rolled back", r, err)
+		}
+		if strings.HasPrefix(r.Name, "00004") {
+			break
+		}
 	}
 	var got string
 	if err := db.QueryRow(`SELECT string_agg(op || ' ' || key::text || ' ' || new::text || ' ', '' ORDER BY seq, new->>'a')
