@@ -367,35 +367,9 @@ func (l *Logical) Run(ctx context.Context, emit func(Batch) error) error {
 		stopWatch()
 		<-watchDone
 	}()
-	backoff := newBackoff(100*time.Millisecond, 10*time.Second)
-	for {
-		err := l.session(ctx, emit, backoff.reset)
-		if ctx.Err() != nil {
-			return nil
-		}
-		var ee *emitError
-		if errors.As(err, &ee) {
-			return ee.err
-		}
-		var fe *fatalError
-		if errors.As(err, &fe) {
-			return fe.err
-		}
-		wait := backoff.next()
-		l.cfg.Logger.Warn("replication stream lost; reconnecting", "err", err, "retry_in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-	}
+	return runSessions(ctx, l.cfg.Logger, "replication stream lost; reconnecting",
+		func(connected func()) error { return l.session(ctx, emit, connected) })
 }
-
-type fatalError struct{ err error }
-
-func (e *fatalError) Error() string { return e.err.Error() }
 
 // session is one replication connection's life.
 func (l *Logical) session(ctx context.Context, emit func(Batch) error, connected func()) error {
@@ -428,10 +402,10 @@ func (l *Logical) session(ctx context.Context, emit func(Batch) error, connected
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "42704" { // the slot or the publication is gone
-			return &fatalError{err: fmt.Errorf("start replication from slot %q: %s", l.cfg.Slot, pgErr.Message)}
+			return &endError{err: fmt.Errorf("start replication from slot %q: %s", l.cfg.Slot, pgErr.Message)}
 		}
 		if errors.As(err, &pgErr) && pgErr.Code == "55000" && strings.Contains(pgErr.Message, "can no longer get changes") {
-			return &fatalError{err: l.lost()} // invalidated by max_slot_wal_keep_size
+			return &endError{err: l.lost()} // invalidated by max_slot_wal_keep_size
 		}
 		return fmt.Errorf("start replication from slot %q: %w", l.cfg.Slot, err)
 	}
@@ -468,7 +442,7 @@ func (l *Logical) session(ctx context.Context, emit func(Batch) error, connected
 		case *pgproto3.ErrorResponse:
 			pgErr := pgconn.ErrorResponseToPgError(msg)
 			if pgErr.Code == "42704" {
-				return &fatalError{err: fmt.Errorf("replication from slot %q: %s", l.cfg.Slot, pgErr.Message)}
+				return &endError{err: fmt.Errorf("replication from slot %q: %s", l.cfg.Slot, pgErr.Message)}
 			}
 			return fmt.Errorf("replication stream: %w", pgErr)
 		case *pgproto3.CopyDone:
@@ -523,7 +497,7 @@ func (l *Logical) handleCopyData(ctx context.Context, conn *pgconn.PgConn, data 
 		l.mu.Unlock()
 		if len(b.Changes) > 0 && !dup {
 			if err := emit(b); err != nil {
-				return &emitError{err: fmt.Errorf("emit transaction %s: %w", commit, err)}
+				return &endError{err: fmt.Errorf("emit transaction %s: %w", commit, err)}
 			}
 		}
 		l.mu.Lock()

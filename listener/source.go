@@ -120,18 +120,32 @@ func (s *Source) Run(ctx context.Context, emit func(Batch) error) error {
 	if s.cfg.Connect == nil {
 		return errors.New("listener: Config.Connect is required")
 	}
+	return runSessions(ctx, s.cfg.Logger, "change listener disconnected; reconnecting",
+		func(connected func()) error { return s.session(ctx, emit, connected) })
+}
+
+// endError ends Run instead of a reconnect: emit failed, or the source
+// cannot go on (a lost slot).
+type endError struct{ err error }
+
+func (e *endError) Error() string { return e.err.Error() }
+
+// runSessions runs session again and again, with capped, jittered backoff
+// between attempts (reset by session's connected), until ctx is cancelled
+// (nil) or session fails with an endError (its error).
+func runSessions(ctx context.Context, log *slog.Logger, lost string, session func(connected func()) error) error {
 	backoff := newBackoff(100*time.Millisecond, 10*time.Second)
 	for {
-		err := s.session(ctx, emit, backoff.reset)
+		err := session(backoff.reset)
 		if ctx.Err() != nil {
 			return nil
 		}
-		var ee *emitError
+		var ee *endError
 		if errors.As(err, &ee) {
 			return ee.err
 		}
 		wait := backoff.next()
-		s.cfg.Logger.Warn("change listener disconnected; reconnecting", "err", err, "retry_in", wait)
+		log.Warn(lost, "err", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -141,10 +155,6 @@ func (s *Source) Run(ctx context.Context, emit func(Batch) error) error {
 		}
 	}
 }
-
-type emitError struct{ err error }
-
-func (e *emitError) Error() string { return e.err.Error() }
 
 // session is one connection's life: listen, catch up, then alternate
 // between reading while changes flow and sleeping until woken.
@@ -316,7 +326,7 @@ func (s *Source) readNew(ctx context.Context, conn *pgx.Conn, emit func(Batch) e
 			return n, txs, err
 		}
 		if err := emit(b); err != nil {
-			return n, txs, &emitError{err: fmt.Errorf("emit batch %d: %w", id, err)}
+			return n, txs, &endError{err: fmt.Errorf("emit batch %d: %w", id, err)}
 		}
 		s.mu.Lock()
 		s.last = id
