@@ -99,17 +99,7 @@ func applyLogical(ctx context.Context, db DB, names []string, check func(Table, 
 	if err != nil {
 		return nil, err
 	}
-	err = pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		for _, t := range tables {
-			for _, stmt := range render(t) {
-				if _, err := tx.Exec(ctx, stmt); err != nil {
-					return fmt.Errorf("table %s: %w", t, err)
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := execAll(ctx, db, tables, render); err != nil {
 		return nil, err
 	}
 	return tables, nil

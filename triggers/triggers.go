@@ -234,7 +234,15 @@ func apply(ctx context.Context, db DB, names []string, render func(Table) []stri
 	if err != nil {
 		return nil, err
 	}
-	err = pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+	if err := execAll(ctx, db, tables, render); err != nil {
+		return nil, err
+	}
+	return tables, nil
+}
+
+// execAll runs each table's rendered statements, all in one transaction.
+func execAll(ctx context.Context, db DB, tables []Table, render func(Table) []string) error {
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		for _, t := range tables {
 			for _, stmt := range render(t) {
 				if _, err := tx.Exec(ctx, stmt); err != nil {
@@ -244,10 +252,6 @@ func apply(ctx context.Context, db DB, names []string, render func(Table) []stri
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return tables, nil
 }
 
 func resolveAll(ctx context.Context, db DB, names []string) ([]Table, error) {
