@@ -345,17 +345,14 @@ func eachElement(arr []byte, fn func(el []byte) error) error {
 }
 
 // appendNumeric appends a JSON number as numeric would print it: without an
-// exponent, and without the sign of a negative zero.
+// exponent, and a zero without sign, with the scale it was written with.
 func appendNumeric(dst, num []byte) ([]byte, error) {
-	start := len(dst)
-	var err error
-	if !bytes.ContainsAny(num, "eE") {
-		dst = append(dst, num...)
-	} else if dst, err = appendPlainDecimal(dst, num); err != nil {
-		return dst, err
+	switch {
+	case isZeroNumber(num):
+		return appendZero(dst, num), nil
+	case !bytes.ContainsAny(num, "eE"):
+		return append(dst, num...), nil
+	default:
+		return appendPlainDecimal(dst, num)
 	}
-	if out := dst[start:]; len(out) > 1 && out[0] == '-' && len(bytes.Trim(out[1:], "0.")) == 0 {
-		dst = append(dst[:start], out[1:]...)
-	}
-	return dst, nil
 }

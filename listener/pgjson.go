@@ -132,10 +132,7 @@ func appendJSONBValue(dst []byte, v any) ([]byte, error) {
 	case string:
 		return appendJSONString(dst, []byte(v)), nil
 	case json.Number:
-		if isZeroNumber([]byte(v)) {
-			return appendZero(dst, []byte(v)), nil
-		}
-		return appendPlainDecimal(dst, []byte(v))
+		return appendNumeric(dst, []byte(v))
 	case []any:
 		dst = append(dst, '[')
 		for i, e := range v {
@@ -238,8 +235,6 @@ func appendPlainDecimal(dst, num []byte) ([]byte, error) {
 		point--
 	}
 	switch {
-	case len(digits) == 1 && digits[0] == '0' && point > 0:
-		dst = append(dst, '0') // 0e3 is 0, not 0000
 	case point <= 0:
 		dst = append(dst, "0."...)
 		dst = append(dst, bytes.Repeat([]byte{'0'}, -point)...)
