@@ -111,12 +111,46 @@ type Batch struct {
 // newest tick either way. created reports whether it made one. It is one
 // round trip: pgfeed.tick() takes the tick lock and cuts the tick.
 func CreateTick(ctx context.Context, db Querier) (t Tick, created bool, err error) {
-	err = db.QueryRow(ctx, `SELECT id, snapshot, created_at, created FROM pgfeed.tick()`).
-		Scan(&t.ID, &t.Snapshot, &t.Time, &created)
-	if err != nil {
+	return scanTick(db.QueryRow(ctx, tickSQL))
+}
+
+const tickSQL = `SELECT id, snapshot, created_at, created FROM pgfeed.tick()`
+
+func scanTick(r pgx.Row) (t Tick, created bool, err error) {
+	if err := r.Scan(&t.ID, &t.Snapshot, &t.Time, &created); err != nil {
 		return Tick{}, false, fmt.Errorf("create tick: %w", err)
 	}
 	return t, created, nil
+}
+
+// nextBatch is CreateTick followed by ReadBatch of tick after+1, in one
+// round trip (a pipeline: one implicit transaction, in which the read sees
+// the tick just cut). ok reports whether b is tick after+1's batch: false
+// when no tick was cut past after, or with ErrTickGone when after+1 was
+// pruned. Nothing is returned before the transaction
+// has committed, so a tick is never used unless it is durable.
+func nextBatch(ctx context.Context, conn *pgx.Conn, after int64) (t Tick, b Batch, ok bool, err error) {
+	var q pgx.Batch
+	q.Queue(tickSQL)
+	q.Queue(readBatchSQL, after+1)
+	res := conn.SendBatch(ctx, &q)
+	defer res.Close()
+	t, _, err = scanTick(res.QueryRow())
+	if err != nil {
+		return Tick{}, Batch{}, false, err
+	}
+	rows, err := res.Query()
+	if err != nil {
+		return Tick{}, Batch{}, false, fmt.Errorf("read batch %d: %w", after+1, err)
+	}
+	b, berr := scanBatch(rows, after+1)
+	if err := res.Close(); err != nil {
+		return Tick{}, Batch{}, false, fmt.Errorf("cut tick and read batch %d: %w", after+1, err)
+	}
+	if t.ID <= after {
+		return t, Batch{}, false, nil
+	}
+	return t, b, berr == nil, berr
 }
 
 // ErrTickGone is returned when a tick (or the one before it) has been pruned.
@@ -130,14 +164,23 @@ var ErrTickGone = errors.New("tick no longer retained")
 // row keep their commit order: the later one could only write the row after
 // the earlier committed, so all of the earlier one's seqs are smaller.
 func ReadBatch(ctx context.Context, db Querier, id int64) (Batch, error) {
-	var b Batch
-	// The batch's transactions are those that started after the previous
-	// tick (txid from its xmax) or were running at it (its xip list), and
-	// are visible in this one. Two index probes: asking for txid >= the
-	// previous tick's xmin instead would scan every change written since
-	// the oldest transaction still open, on every read, for as long as it
-	// stays open.
-	rows, err := db.Query(ctx, `
+	rows, err := db.Query(ctx, readBatchSQL, id)
+	if err != nil {
+		return Batch{}, fmt.Errorf("read batch %d: %w", id, err)
+	}
+	return scanBatch(rows, id)
+}
+
+// readBatchSQL reads the batch of tick $1 (see ReadBatch): one row per log
+// row, or one row of NULL changes when the batch is empty, or none when the
+// tick is gone.
+//
+// The batch's transactions are those that started after the previous tick
+// (txid from its xmax) or were running at it (its xip list), and are visible
+// in this one. Two index probes: asking for txid >= the previous tick's xmin
+// instead would scan every change written since the oldest transaction still
+// open, on every read, for as long as it stays open.
+const readBatchSQL = `
 		WITH t AS (
 		     SELECT cur.id, cur.snapshot AS cs, cur.created_at, prev.snapshot AS ps
 		       FROM pgfeed.ticks cur JOIN pgfeed.ticks prev ON prev.id = cur.id - 1
@@ -155,10 +198,11 @@ func ReadBatch(ctx context.Context, db Querier, id int64) (Batch, error) {
 		        AND pg_visible_in_snapshot(c.txid, (SELECT cs FROM t)))
 		SELECT t.id, t.cs::text, t.created_at,
 		       c.seq, c.txid::text, c.schema_name, c.table_name, c.op, c.key_columns, c.new, c.old
-		  FROM t LEFT JOIN c ON true`, id)
-	if err != nil {
-		return b, fmt.Errorf("read batch %d: %w", id, err)
-	}
+		  FROM t LEFT JOIN c ON true`
+
+// scanBatch reads the rows of readBatchSQL for tick id and closes them.
+func scanBatch(rows pgx.Rows, id int64) (Batch, error) {
+	var b Batch
 	found := false
 	for rows.Next() {
 		found = true

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +66,23 @@ type Source struct {
 
 	mu   sync.Mutex
 	last int64 // guarded by mu: the newest tick whose batch was emitted
+
+	// seen is the snapshot of tick last: the transactions whose changes
+	// have been emitted. Only the session goroutine uses it.
+	seen snapshot
+}
+
+// setLast records that t's batch has been emitted.
+func (s *Source) setLast(t Tick) {
+	s.mu.Lock()
+	s.last = t.ID
+	s.mu.Unlock()
+	snap, err := parseSnapshot(t.Snapshot)
+	if err != nil {
+		// Not from PostgreSQL; treat every wake-up as news.
+		snap = snapshot{}
+	}
+	s.seen = snap
 }
 
 // New returns a Source; call Run to start it.
@@ -183,9 +201,7 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 		if err != nil {
 			return err
 		}
-		s.mu.Lock()
-		s.last = t.ID
-		s.mu.Unlock()
+		s.setLast(t)
 	}
 	connected()
 	s.live.Store(true)
@@ -236,7 +252,7 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 			}
 			// Every commit after this read's tick notifies: the wait
 			// returns at once for those that came during the read.
-			if waited, err = notified(ctx, conn, s.cfg.Poll); err != nil {
+			if waited, err = s.notified(ctx, conn, s.cfg.Poll); err != nil {
 				return err
 			}
 			continue
@@ -251,7 +267,7 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 				idle = 0
 			} else {
 				idle++
-				if err := waitNotification(ctx, conn, idleWait); err != nil {
+				if err := s.waitNotification(ctx, conn, idleWait); err != nil {
 					return err
 				}
 			}
@@ -301,15 +317,13 @@ const (
 // readNew cuts a tick and emits every batch not emitted yet. It returns the
 // number of batches emitted and of the transactions they held.
 func (s *Source) readNew(ctx context.Context, conn *pgx.Conn, emit func(Batch) error) (n, txs int, err error) {
-	t, _, err := CreateTick(ctx, conn)
-	if err != nil {
-		return 0, 0, err
-	}
 	s.mu.Lock()
 	last := s.last
 	s.mu.Unlock()
-	for id := last + 1; id <= t.ID; id++ {
-		b, err := ReadBatch(ctx, conn, id)
+	// The tick and the first batch after last come in one round trip; a
+	// reader that fell behind by more than a tick reads the rest one by one.
+	t, b, ok, err := nextBatch(ctx, conn, last)
+	for id := last + 1; ; id++ {
 		if errors.Is(err, ErrTickGone) {
 			// This node fell further behind than the retention period (it
 			// was stopped, or cut off, that long): the batches are gone.
@@ -317,28 +331,26 @@ func (s *Source) readNew(ctx context.Context, conn *pgx.Conn, emit func(Batch) e
 			// newest tick, loudly.
 			s.cfg.Logger.Error("change log pruned past this node's position: changes were skipped",
 				"from_tick", id, "to_tick", t.ID)
-			s.mu.Lock()
-			s.last = t.ID
-			s.mu.Unlock()
+			s.setLast(t)
 			return n, txs, nil
 		}
-		if err != nil {
+		if err != nil || !ok {
 			return n, txs, err
 		}
 		if err := emit(b); err != nil {
 			return n, txs, &endError{err: fmt.Errorf("emit batch %d: %w", id, err)}
 		}
-		s.mu.Lock()
-		s.last = id
-		s.mu.Unlock()
+		s.setLast(b.Tick)
 		n++
 		for i, c := range b.Changes {
 			if i == 0 || c.TxID != b.Changes[i-1].TxID {
 				txs++
 			}
 		}
+		if ok = id < t.ID; ok {
+			b, err = ReadBatch(ctx, conn, id+1)
+		}
 	}
-	return n, txs, nil
 }
 
 // sleep withdraws the promise to be reading and drains what writers that
@@ -376,7 +388,7 @@ func (s *Source) sleep(ctx context.Context, conn *pgx.Conn, emit func(Batch) err
 		}
 		// A transaction that was running when the promise ended is still
 		// open (perhaps for minutes): keep polling, more slowly over time.
-		if err := waitNotification(ctx, conn, drainWait); err != nil {
+		if err := s.waitNotification(ctx, conn, drainWait); err != nil {
 			return err
 		}
 		drainWait = min(drainWait*2, s.cfg.Poll)
@@ -389,29 +401,36 @@ func (s *Source) sleep(ctx context.Context, conn *pgx.Conn, emit func(Batch) err
 	return s.heartbeat(ctx, conn)
 }
 
-// waitNotification waits up to d for a notification on conn. A timeout is
+// waitNotification waits up to d for a wake-up (see notified). A timeout is
 // not an error.
-func waitNotification(ctx context.Context, conn *pgx.Conn, d time.Duration) error {
-	_, err := notified(ctx, conn, d)
+func (s *Source) waitNotification(ctx context.Context, conn *pgx.Conn, d time.Duration) error {
+	_, err := s.notified(ctx, conn, d)
 	return err
 }
 
-// notified waits up to d for a notification on conn and reports whether one
-// came.
-func notified(ctx context.Context, conn *pgx.Conn, d time.Duration) (bool, error) {
+// notified waits up to d for a notification on conn that brings news, and
+// reports whether one came. A writer's NOTIFY carries its transaction id: one
+// whose changes were already emitted is skipped (its commit raced with the
+// read that found them), which spares a read that would find nothing.
+func (s *Source) notified(ctx context.Context, conn *pgx.Conn, d time.Duration) (bool, error) {
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	_, err := conn.WaitForNotification(wctx)
-	if ctx.Err() != nil {
-		return false, ctx.Err()
+	for {
+		n, err := conn.WaitForNotification(wctx)
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		if err == nil {
+			if x, perr := strconv.ParseUint(n.Payload, 10, 64); perr == nil && s.seen.visible(x) {
+				continue
+			}
+			return true, nil
+		}
+		if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("wait for notification: %w", err)
 	}
-	if err == nil {
-		return true, nil
-	}
-	if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
-		return false, nil
-	}
-	return false, fmt.Errorf("wait for notification: %w", err)
 }
 
 // setAwake records (or withdraws) this node's promise to be reading.

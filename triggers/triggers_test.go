@@ -575,7 +575,7 @@ func TestGeneratedMigrationEqualsEnable(t *testing.T) {
 }
 
 // TestNotifyOncePerTransaction checks the wake-up: one notification per
-// writing transaction, none while every listener is awake.
+// writing transaction, carrying its id, none while every listener is awake.
 func TestNotifyOncePerTransaction(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -596,6 +596,10 @@ func TestNotifyOncePerTransaction(t *testing.T) {
 	if _, err := tx.Exec(ctx, `UPDATE n SET v = 1; DELETE FROM n WHERE id = 0`); err != nil {
 		t.Fatal(err)
 	}
+	var first, second string
+	if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&first); err != nil {
+		t.Fatal(err)
+	}
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -604,7 +608,9 @@ func TestNotifyOncePerTransaction(t *testing.T) {
 	exec(t, conn, `INSERT INTO n VALUES (100, 0)`)
 	// One listener asleep: NOTIFY again.
 	exec(t, conn, `INSERT INTO pgfeed.listeners VALUES ('node-b', now() - interval '1 second')`)
-	exec(t, conn, `INSERT INTO n VALUES (101, 0)`)
+	if err := conn.QueryRow(ctx, `INSERT INTO n VALUES (101, 0) RETURNING pg_current_xact_id()::text`).Scan(&second); err != nil {
+		t.Fatal(err)
+	}
 	exec(t, conn, `NOTIFY pgfeed, 'marker'`)
 
 	var payloads []string
@@ -620,7 +626,7 @@ func TestNotifyOncePerTransaction(t *testing.T) {
 			break
 		}
 	}
-	mustEqual(t, "notifications", payloads, []string{"", "", "marker"})
+	mustEqual(t, "notifications", payloads, []string{first, second, "marker"})
 }
 
 func openSQL(tb testing.TB, url string) *sql.DB {
