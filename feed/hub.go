@@ -117,7 +117,15 @@ func (h *hub) dispatch(b listener.Batch) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !h.started {
-		h.histFrom, h.started = listener.Cursor{Tick: b.Tick.ID}, true
+		// The batch came before Start: the stream starts where the
+		// source did, which may be before the batch (a logical source
+		// starts at its slot's position, and the batch's cursor is its
+		// commit's). A cursor from that start must stay resumable here.
+		from := b.From
+		if from.Tick == 0 {
+			from = listener.Cursor{Tick: b.Tick.ID}
+		}
+		h.histFrom, h.started = from, true
 	}
 	var checks []rlsJobFor // reused across events
 	for _, e := range events {

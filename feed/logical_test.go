@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgfeed/pgfeed/feed"
 	"github.com/pgfeed/pgfeed/internal/pgtest"
+	"github.com/pgfeed/pgfeed/listener"
 	"github.com/pgfeed/pgfeed/subscriptions"
 	"github.com/pgfeed/pgfeed/triggers"
 )
@@ -168,4 +169,60 @@ func TestLogicalRestartWindow(t *testing.T) {
 	e.insertRows(1000, 1001)
 	r.expectNext("s", "insert", 1000)
 	x.expectNext("s", "insert", 1000)
+}
+
+// earlySource emits one batch before it reports ready, as a logical source
+// streaming a backlog may do before the server's Start: the batch's commit
+// is far past the position the source started from.
+type earlySource struct {
+	batch listener.Batch
+	ready chan struct{}
+}
+
+func (s *earlySource) Run(ctx context.Context, emit func(listener.Batch) error) error {
+	if err := emit(s.batch); err != nil {
+		return err
+	}
+	close(s.ready)
+	<-ctx.Done()
+	return nil
+}
+
+func (s *earlySource) Ready() <-chan struct{} { return s.ready }
+
+func (s *earlySource) Position() listener.Cursor {
+	return listener.Cursor{Tick: s.batch.Tick.ID + 1}
+}
+
+// TestFirstBatchBeforeStart: a cursor from where the source started stays
+// resumable when the source's first batch reaches the server before Start
+// does. (A restarted logical node answered reset to a client that had read
+// nothing since the slot's position, now and then under load.)
+func TestFirstBatchBeforeStart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	p, err := subscriptions.CompilePolicies(defaultPolicies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := feed.Config{Policies: p, Anonymous: true, Catalog: triggers.NewCatalog(e.pool, time.Millisecond)}
+	srv, err := feed.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := listener.Cursor{Tick: 1000}
+	src := &earlySource{ready: make(chan struct{}), batch: listener.Batch{
+		Tick: listener.Tick{ID: 5000, Time: time.Now()},
+		From: from,
+		Changes: []listener.Change{{
+			Cursor: listener.Cursor{Tick: 5000, Pos: 1}, Schema: "public", Table: "orders", Op: "insert",
+			Key: []byte(`{"id": 7}`), New: []byte(`{"id": 7, "status": "open", "total": 1, "user_id": "u1", "deleted_at": null}`),
+		}},
+	}}
+	n := e.runNode(cfg, srv, src)
+	c := n.dial(t, "")
+	if start := c.subscribe(map[string]any{"id": "s", "table": "orders", "since": from.String()}); start != from.String() {
+		t.Errorf("resumed from %q, want %q", start, from)
+	}
+	c.expectNext("s", "insert", 7)
 }

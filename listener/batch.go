@@ -102,7 +102,13 @@ type Tick struct {
 // ID-1 and tick ID, in order: transactions in commit order as far as it can
 // be observed (see ReadBatch), the changes of one transaction together.
 type Batch struct {
-	Tick    Tick
+	Tick Tick
+	// From is the position the batch follows: the end of the batch the
+	// source emitted before it, or where the source started. Cursors
+	// between From and the batch's first change name the same place. (From
+	// the trigger source, whose ticks follow one another, it is the
+	// batch's own start; from the logical source it may be lower.)
+	From    Cursor
 	Changes []Change
 }
 
@@ -202,7 +208,7 @@ const readBatchSQL = `
 
 // scanBatch reads the rows of readBatchSQL for tick id and closes them.
 func scanBatch(rows pgx.Rows, id int64) (Batch, error) {
-	var b Batch
+	b := Batch{From: Cursor{Tick: id}}
 	found := false
 	for rows.Next() {
 		found = true

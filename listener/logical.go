@@ -494,6 +494,7 @@ func (l *Logical) handleCopyData(ctx context.Context, conn *pgconn.PgConn, data 
 		commit := pglogrepl.LSN(b.Tick.ID)
 		l.mu.Lock()
 		dup := commit < l.emitted
+		b.From = Cursor{Tick: int64(l.emitted)}
 		l.mu.Unlock()
 		if len(b.Changes) > 0 && !dup {
 			if err := emit(b); err != nil {

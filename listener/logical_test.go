@@ -432,12 +432,22 @@ func TestLogicalConfirm(t *testing.T) {
 		StatusInterval: 20 * time.Millisecond,
 		Keep:           func() listener.Cursor { return listener.Cursor{Tick: keep.Load()} },
 	})
+	start := lr.src.Position()
 	for i := range 3 {
 		if _, err := conn.Exec(ctx, `INSERT INTO t VALUES ($1)`, i); err != nil {
 			t.Fatal(err)
 		}
 	}
 	got := lr.col.waitFor(t, 3, 30*time.Second)
+	// Each batch follows the one before, the first where the source
+	// started: the cursors in between are the same position.
+	lr.col.mu.Lock()
+	froms := slices.Clone(lr.col.froms)
+	lr.col.mu.Unlock()
+	want := []listener.Cursor{start, {Tick: got[0].Cursor.Tick + 1}, {Tick: got[1].Cursor.Tick + 1}}
+	if !slices.Equal(froms, want) || start.Tick >= got[0].Cursor.Tick {
+		t.Errorf("batches follow %v, want %v (before %v)", froms, want, got[0].Cursor)
+	}
 	hold := got[1].Cursor.Tick // keep the second transaction resumable
 	keep.Store(hold)
 	confirmed := func() int64 {

@@ -22,6 +22,7 @@ type collector struct {
 	mu      sync.Mutex
 	changes []listener.Change // guarded by mu
 	batches []int64           // guarded by mu
+	froms   []listener.Cursor // guarded by mu: each batch's From
 	grew    chan struct{}     // signalled (non-blocking) on every batch
 }
 
@@ -31,6 +32,7 @@ func (c *collector) emit(b listener.Batch) error {
 	c.mu.Lock()
 	c.changes = append(c.changes, b.Changes...)
 	c.batches = append(c.batches, b.Tick.ID)
+	c.froms = append(c.froms, b.From)
 	c.mu.Unlock()
 	select {
 	case c.grew <- struct{}{}:
