@@ -46,7 +46,9 @@ type Config struct {
 	// Retention is how long changes stay readable; older ticks and changes
 	// are pruned. Zero: 24 h.
 	Retention time.Duration
-	// PruneEvery is how often pruning runs. Zero: 1 min.
+	// PruneEvery is how often pruning runs, on a connection of its own
+	// (opened with Connect for each pass), so that it never delays reads.
+	// Zero: 1 min.
 	PruneEvery time.Duration
 	// Logger receives the source's logs. Zero: discard.
 	Logger *slog.Logger
@@ -138,8 +140,45 @@ func (s *Source) Run(ctx context.Context, emit func(Batch) error) error {
 	if s.cfg.Connect == nil {
 		return errors.New("listener: Config.Connect is required")
 	}
+	pctx, stop := context.WithCancel(ctx)
+	pruned := make(chan struct{})
+	go func() {
+		defer close(pruned)
+		s.pruneLoop(pctx)
+	}()
+	defer func() {
+		stop()
+		<-pruned
+	}()
 	return runSessions(ctx, s.cfg.Logger, "change listener disconnected; reconnecting",
 		func(connected func()) error { return s.session(ctx, emit, connected) })
+}
+
+// pruneLoop prunes every PruneEvery, first right away, until ctx ends. A
+// failed pass is logged and tried again at the next.
+func (s *Source) pruneLoop(ctx context.Context) {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := s.prunePass(ctx); err != nil && ctx.Err() == nil {
+			s.cfg.Logger.Warn("prune change log", "err", err)
+		}
+		t.Reset(s.cfg.PruneEvery)
+	}
+}
+
+func (s *Source) prunePass(ctx context.Context) error {
+	conn, err := s.cfg.Connect(ctx)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	return s.prune(ctx, conn)
 }
 
 // endError ends Run instead of a reconnect: emit failed, or the source
@@ -214,18 +253,11 @@ func (s *Source) session(ctx context.Context, emit func(Batch) error, connected 
 	if err := s.sleep(ctx, conn, emit); err != nil {
 		return err
 	}
-	lastPrune := time.Time{}
 	lastBeat := time.Now()
 	awake, awakeSince, waited := false, time.Now(), false
 	idle := 0 // reads in a row that found nothing
 	var rate rateMeter
 	for {
-		if time.Since(lastPrune) >= s.cfg.PruneEvery {
-			if err := s.prune(ctx, conn); err != nil {
-				s.cfg.Logger.Warn("prune change log", "err", err)
-			}
-			lastPrune = time.Now()
-		}
 		n, txs, err := s.readNew(ctx, conn, emit)
 		if err != nil {
 			return err
@@ -497,23 +529,37 @@ func (s *Source) prune(ctx context.Context, conn *pgx.Conn) error {
 	defer func() {
 		_, _ = conn.Exec(context.Background(), `SELECT pg_advisory_unlock($1)`, pruneLock)
 	}()
-	_, err := conn.Exec(ctx, `
+	// The newest tick past retention stays: it is the base of the next
+	// batch. Both deletes go in batches, each its own short transaction.
+	if err := deleteInBatches(ctx, conn, `
 		DELETE FROM pgfeed.ticks
-		 WHERE id < (SELECT max(id) FROM pgfeed.ticks WHERE created_at < now() - $1::interval)`,
-		s.cfg.Retention)
-	if err != nil {
+		 WHERE id = ANY (ARRAY(
+		       SELECT t.id FROM pgfeed.ticks t
+		        WHERE t.id < (SELECT b.id FROM pgfeed.ticks b
+		                       WHERE b.created_at < now() - $1::interval
+		                       ORDER BY b.created_at DESC LIMIT 1)
+		        ORDER BY t.id LIMIT 5000))`, s.cfg.Retention); err != nil {
 		return fmt.Errorf("prune ticks: %w", err)
 	}
+	if err := deleteInBatches(ctx, conn, `
+		DELETE FROM pgfeed.changes
+		 WHERE ctid = ANY (ARRAY(
+		       SELECT c.ctid FROM pgfeed.changes c
+		        WHERE c.txid < (SELECT pg_snapshot_xmin(snapshot) FROM pgfeed.ticks ORDER BY id LIMIT 1)
+		          AND c.captured_at < now() - $1::interval
+		        LIMIT 5000))`, s.cfg.Retention); err != nil {
+		return fmt.Errorf("prune changes: %w", err)
+	}
+	return nil
+}
+
+// deleteInBatches runs a DELETE of at most 5,000 rows until it deletes
+// fewer, or ctx ends.
+func deleteInBatches(ctx context.Context, conn *pgx.Conn, sql string, args ...any) error {
 	for {
-		tag, err := conn.Exec(ctx, `
-			DELETE FROM pgfeed.changes
-			 WHERE ctid = ANY (ARRAY(
-			       SELECT c.ctid FROM pgfeed.changes c
-			        WHERE c.txid < (SELECT pg_snapshot_xmin(snapshot) FROM pgfeed.ticks ORDER BY id LIMIT 1)
-			          AND c.captured_at < now() - $1::interval
-			        LIMIT 5000))`, s.cfg.Retention)
+		tag, err := conn.Exec(ctx, sql, args...)
 		if err != nil {
-			return fmt.Errorf("prune changes: %w", err)
+			return err
 		}
 		if tag.RowsAffected() < 5000 || ctx.Err() != nil {
 			return nil

@@ -292,6 +292,46 @@ func TestSourceReconnects(t *testing.T) {
 	}
 }
 
+// TestPruneWhileRunning: a running source prunes on its own (on its own
+// connection) and keeps emitting.
+func TestPruneWhileRunning(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, conn := capturedTable(t)
+	for i := range 3 {
+		if _, err := conn.Exec(ctx, `INSERT INTO items (id) VALUES ($1)`, i); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := listener.CreateTick(ctx, conn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `UPDATE pgfeed.ticks SET created_at = now() - interval '2 days'; UPDATE pgfeed.changes SET captured_at = now() - interval '2 days'`); err != nil {
+		t.Fatal(err)
+	}
+	_, col := startSource(t, url, listener.Config{Retention: time.Hour, PruneEvery: 10 * time.Millisecond})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		oldest, err := listener.Oldest(ctx, conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if oldest.Tick >= 4 { // the newest old tick is the base now
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("oldest resumable cursor still %v", oldest)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO items (id) VALUES (10)`); err != nil {
+		t.Fatal(err)
+	}
+	if got := col.waitFor(t, 1, 10*time.Second); string(got[0].Key) != `{"id":10}` {
+		t.Errorf("after pruning, emitted %s", got[0].Key)
+	}
+}
+
 // TestPrune removes ticks past retention and the changes only they held.
 func TestPrune(t *testing.T) {
 	t.Parallel()
