@@ -36,12 +36,15 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
+	c := s.newClient(id)
+	ws := newWSConn(s, c)
 	opts := &websocket.AcceptOptions{OriginPatterns: s.origins}
 	if len(s.origins) == 1 && s.origins[0] == "*" {
 		opts = &websocket.AcceptOptions{InsecureSkipVerify: true}
 	}
-	c := s.newClient(id)
-	ws := newWSConn(s, c)
+	// Pongs that come between the frames of a message reach
+	// coder/websocket; the others, awaitMessage.
+	opts.OnPongReceived = func(context.Context, []byte) { ws.pong() }
 	if aerr := s.track(c); aerr != nil {
 		writeError(w, aerr)
 		return
@@ -56,7 +59,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return // Accept has answered the client
 	}
 	conn.SetReadLimit(-1) // enforced by the reader, to answer too_large first
-	ws.start(conn, cw.sock)
+	ws.start(conn, cw.sock, cw.br)
 	go ws.run()
 }
 
@@ -68,6 +71,9 @@ func (s *Server) wsReader(ctx context.Context, ws *wsConn) {
 	// of twice that.
 	rate := &rateLimit{tokens: float64(2 * s.cfg.SubscribeRate), last: time.Now()}
 	for {
+		if err := ws.awaitMessage(); err != nil {
+			return
+		}
 		// Not ctx: the connection ends by being closed, and a
 		// cancellable context costs every read a context.AfterFunc.
 		typ, rd, err := conn.Reader(context.Background())

@@ -122,7 +122,8 @@ func (c *corkConn) uncork() error {
 type corkingWriter struct {
 	http.ResponseWriter
 	timeout time.Duration
-	sock    *corkConn // set by Hijack
+	sock    *corkConn     // set by Hijack
+	br      *bufio.Reader // set by Hijack: what coder/websocket reads through
 }
 
 func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -135,7 +136,8 @@ func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		b, _ := brw.Reader.Peek(n)
 		w.sock.rest = bytes.Clone(b)
 	}
-	return w.sock, bufio.NewReadWriter(bufio.NewReaderSize(w.sock, wsReadBuffer), bufio.NewWriterSize(w.sock, wsWriteBuffer)), nil
+	w.br = bufio.NewReaderSize(w.sock, wsReadBuffer)
+	return w.sock, bufio.NewReadWriter(w.br, bufio.NewWriterSize(w.sock, wsWriteBuffer)), nil
 }
 
 // wsConn is one WebSocket connection: its reader goroutine runs the
@@ -146,6 +148,7 @@ type wsConn struct {
 	c    *client
 	conn *websocket.Conn // set once by start, under mu
 	sock *corkConn       // likewise
+	br   *bufio.Reader   // set by start: conn's read buffer; only the reader uses it
 	wake chan struct{}   // one token: a running writer has something to do
 
 	// ctx is the context of the connection's reads and the work they
@@ -154,14 +157,17 @@ type wsConn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu      sync.Mutex
-	writing bool        // guarded by mu: a writer goroutine runs
-	ended   bool        // guarded by mu: the connection is over; no writer starts
-	pingDue bool        // guarded by mu
-	expired bool        // guarded by mu: the token expired
-	expiry  *time.Timer // guarded by mu: fires when the token expires
-	ping    *time.Timer // set by start
-	writers sync.WaitGroup
+	mu       sync.Mutex
+	writing  bool        // guarded by mu: a writer goroutine runs
+	ended    bool        // guarded by mu: the connection is over; no writer starts
+	pingDue  bool        // guarded by mu
+	unponged bool        // guarded by mu: the last ping has had no pong yet
+	parked   bool        // guarded by mu: the reader waits in awaitMessage, outside coder/websocket
+	closing  *closeReq   // guarded by mu: the writer asked for a close handshake
+	expired  bool        // guarded by mu: the token expired
+	expiry   *time.Timer // guarded by mu: fires when the token expires
+	ping     *time.Timer // set by start
+	writers  sync.WaitGroup
 }
 
 func newWSConn(s *Server, c *client) *wsConn {
@@ -172,8 +178,9 @@ func newWSConn(s *Server, c *client) *wsConn {
 
 // start attaches the upgraded connection; until then kick only records
 // that there is work.
-func (ws *wsConn) start(conn *websocket.Conn, sock *corkConn) {
+func (ws *wsConn) start(conn *websocket.Conn, sock *corkConn, br *bufio.Reader) {
 	ws.ctx, ws.cancel = context.WithCancel(context.Background())
+	ws.br = br
 	ws.mu.Lock()
 	ws.conn, ws.sock = conn, sock
 	ws.ping = time.AfterFunc(ws.s.cfg.Heartbeat, func() {
@@ -208,6 +215,90 @@ func (ws *wsConn) run() {
 	ws.mu.Unlock()
 	ws.writers.Wait()
 	_ = ws.conn.CloseNow()
+}
+
+// pingFrame is a WebSocket ping with no payload, as a server sends it
+// (unmasked). Written straight to the socket between the writer's
+// messages: coder/websocket flushes every frame whole, so it never lands
+// inside one.
+var pingFrame = []byte{0x89, 0x00}
+
+// pong records that the peer answered.
+func (ws *wsConn) pong() {
+	ws.mu.Lock()
+	ws.unponged = false
+	ws.mu.Unlock()
+}
+
+// closeReq is a close code and reason to send.
+type closeReq struct {
+	code   websocket.StatusCode
+	reason string
+}
+
+// close sends a close frame with code and reason and waits (a few seconds
+// at most) for the client's, as coder/websocket's Close does. Its close
+// handshake reads the connection; so does the reader while parked in
+// awaitMessage, outside coder/websocket's locks. So when the reader is
+// parked, close wakes it (a read deadline in the past) and leaves the
+// handshake to it. Only the writer calls close.
+func (ws *wsConn) close(code websocket.StatusCode, reason string) {
+	ws.mu.Lock()
+	ws.closing = &closeReq{code: code, reason: reason}
+	parked := ws.parked
+	ws.mu.Unlock()
+	if parked {
+		_ = ws.sock.SetReadDeadline(time.Now())
+		return
+	}
+	_ = ws.conn.Close(code, reason)
+}
+
+// awaitMessage returns once the next client frame starts a message (or is
+// a control frame other than a pong), consuming pongs on the way. Waiting
+// here, at the top of the reader's shallow stack, rather than inside
+// coder/websocket's Reader keeps an idle connection's goroutine stack
+// small: the runtime sizes new goroutine stacks by what parked ones use.
+// (coder/websocket's Reader would also keep waiting after a pong, deep in
+// its frame loop.) It returns an error when the connection is over: read
+// failed, or the writer asked for a close, which awaitMessage then makes.
+func (ws *wsConn) awaitMessage() error {
+	ws.mu.Lock()
+	req := ws.closing
+	ws.parked = req == nil
+	ws.mu.Unlock()
+	if req != nil {
+		return ws.closeParked(req)
+	}
+	for {
+		h, err := ws.br.Peek(2)
+		// A whole, masked pong with a short payload: 2 header bytes, the
+		// mask, the payload.
+		if err == nil && h[0] == 0x8A && h[1]&0x80 != 0 && h[1]&0x7f <= 125 {
+			n := 2 + 4 + int(h[1]&0x7f)
+			if _, err = ws.br.Peek(n); err == nil {
+				_, _ = ws.br.Discard(n)
+				ws.pong()
+				continue
+			}
+		}
+		ws.mu.Lock()
+		ws.parked = false
+		req := ws.closing
+		ws.mu.Unlock()
+		if req != nil {
+			return ws.closeParked(req)
+		}
+		return err
+	}
+}
+
+// closeParked makes the close handshake the writer asked for while the
+// reader was parked.
+func (ws *wsConn) closeParked(req *closeReq) error {
+	_ = ws.sock.SetReadDeadline(time.Time{})
+	_ = ws.conn.Close(req.code, req.reason)
+	return net.ErrClosed
 }
 
 // armExpiry (re)starts the timer of the client's token expiry.
@@ -269,6 +360,7 @@ func (ws *wsConn) write() {
 		buf   []item
 		frame []byte
 		idle  *time.Timer
+		sent  bool // messages went out: linger for more
 	)
 	defer func() {
 		if idle != nil {
@@ -290,14 +382,24 @@ func (ws *wsConn) write() {
 		ws.mu.Unlock()
 		if expired {
 			stop()
-			_ = ws.conn.Close(websocket.StatusPolicyViolation, "token_expired")
+			ws.close(websocket.StatusPolicyViolation, "token_expired")
 			return
 		}
 		if ping {
-			ctx, cancel := context.WithTimeout(context.Background(), ws.s.cfg.WriteTimeout)
-			err := ws.conn.Ping(ctx)
-			cancel()
-			if err != nil {
+			// A ping of our own (coder/websocket's Ping waits for the
+			// pong, which the reader takes out of the stream; see
+			// awaitMessage): a peer that has not answered the last one in
+			// a whole Heartbeat is gone.
+			ws.mu.Lock()
+			dead := ws.unponged
+			ws.unponged = true
+			ws.mu.Unlock()
+			if dead {
+				stop()
+				_ = ws.conn.CloseNow()
+				return
+			}
+			if _, err := ws.sock.Write(pingFrame); err != nil {
 				stop()
 				_ = ws.conn.CloseNow()
 				return
@@ -334,24 +436,40 @@ func (ws *wsConn) write() {
 			stop()
 			ws.s.slow.Add(1)
 			ws.s.cfg.Logger.Info("closing slow WebSocket client")
-			_ = ws.conn.Close(websocket.StatusTryAgainLater, "slow_consumer")
+			ws.close(websocket.StatusTryAgainLater, "slow_consumer")
 			return
 		case "too_large":
 			stop()
-			_ = ws.conn.Close(websocket.StatusMessageTooBig, "too_large")
+			ws.close(websocket.StatusMessageTooBig, "too_large")
 			return
 		case "going_away":
 			stop()
-			_ = ws.conn.Close(websocket.StatusGoingAway, "server shutting down")
+			ws.close(websocket.StatusGoingAway, "server shutting down")
 			return
 		default:
 			stop()
 			return
 		}
-		if len(buf) > 0 || ping {
+		if len(buf) > 0 {
+			sent = true
 			continue
 		}
-		// Nothing to do: wait a little for more, then end.
+		if ping {
+			continue
+		}
+		// Nothing to do: wait a little for more, then end; at once when
+		// this writer only pinged (an idle connection's heartbeat need
+		// not keep a goroutine for writerLinger).
+		if !sent {
+			ws.mu.Lock()
+			if !ws.pingDue && !ws.expired && ws.c.q.idle() {
+				ws.writing = false
+				ws.mu.Unlock()
+				return
+			}
+			ws.mu.Unlock()
+			continue
+		}
 		if idle == nil {
 			idle = time.NewTimer(writerLinger)
 		} else {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -187,5 +188,83 @@ func TestShutdownWhileSubscribing(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("Serve did not return after shutdown while a subscribe was waiting on the catalog")
+	}
+}
+
+// TestWebSocketPing: the server pings every Heartbeat; a client that
+// answers stays connected and its messages are read as before (pongs,
+// split across writes or sent with a message, are taken out of the
+// stream); one that stops answering is closed.
+func TestWebSocketPing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const beat = 100 * time.Millisecond
+	n := e.startNode(feed.Config{Heartbeat: beat})
+	c, err := net.Dial("tcp", n.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	req := "GET /v1/ws HTTP/1.1\r\nHost: " + n.addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	if _, err := c.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade answered %s", resp.Status)
+	}
+	// A pong with a payload, masked as a client sends it.
+	pong := []byte{0x8A, 0x80 | 3, 9, 8, 7, 6, 'a' ^ 9, 'b' ^ 8, 'c' ^ 7}
+	expectPing := func() {
+		t.Helper()
+		var h [2]byte
+		if _, err := io.ReadFull(r, h[:]); err != nil {
+			t.Fatalf("waiting for a ping: %v", err)
+		}
+		if h != [2]byte{0x89, 0x00} {
+			t.Fatalf("frame %x, want a ping", h)
+		}
+	}
+	for i := range 4 {
+		expectPing()
+		var err error
+		switch i {
+		case 0: // whole
+			_, err = c.Write(pong)
+		case 1: // in pieces
+			for _, part := range [][]byte{pong[:1], pong[1:4], pong[4:]} {
+				if _, err = c.Write(part); err != nil {
+					break
+				}
+				time.Sleep(5 * time.Millisecond) // separate reads on the server
+			}
+		case 2: // followed by a message in the same write
+			_, err = c.Write(append(slices.Clone(pong), clientFrame(`{"type":"ping"}`)...))
+			if err == nil {
+				if m := serverMessage(t, r); m["type"] != "pong" {
+					t.Fatalf("after a pong and a ping message: %v", m)
+				}
+			}
+		case 3:
+			_, err = c.Write(pong)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Silence: the next ping goes unanswered, and the one after finds it so.
+	expectPing()
+	start := time.Now()
+	if _, err := io.ReadAll(r); err != nil {
+		t.Fatalf("waiting for the close: %v", err)
+	}
+	if d := time.Since(start); d > 10*beat {
+		t.Errorf("closed %v after the unanswered ping, want about %v", d, beat)
 	}
 }
