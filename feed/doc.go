@@ -16,12 +16,18 @@
 // queue overflows, its connection is closed as a slow consumer.
 //
 // Goroutines: a WebSocket connection leaves the upgrade handler for a
-// goroutine of its own (wsConn.run), which reads; each client message is
-// handled on a short-lived goroutine it waits for, so that the reader's
-// stack stays small. A writer goroutine runs only while the queue has
-// something to send, a ping is due or the token expired (the queue's notify
-// starts it); it writes a burst corked (one system call) and ends after
-// writerLinger idle. run waits for the writers. Per SSE stream the
+// reader goroutine (wsConn.read); each client message is handled on a
+// short-lived goroutine it waits for, so that the reader's stack stays
+// small. An idle connection has no goroutine at all (on Linux): when its
+// reader finds nothing to read, it registers the socket with the server's
+// poller (an epoll instance that Serve runs and stops) and ends; input, a
+// hang-up or a close the writer wants starts a reader again
+// (wsConn.wakeReader), one at a time. Pongs never leave the reader's
+// shallow wait (wsConn.awaitMessage). A writer goroutine runs only while
+// the queue has something to send, a ping is due or the token expired (the
+// queue's notify starts it); it writes a burst corked (one system call) and
+// ends after writerLinger idle (at once if it only pinged). The last reader
+// waits for the writers and untracks the connection. Per SSE stream the
 // handler's goroutine and a writer it waits for; a long poll runs its
 // subscription beside its wait. Serve waits for every connection it tracks
 // before returning.

@@ -139,6 +139,7 @@ type Server struct {
 	origins []string // host patterns for the WebSocket origin check
 
 	closing   chan struct{} // closed when shutdown begins
+	poller    *poller       // set by Serve before it serves: idle WebSockets sleep in it; nil without (Handler alone, or no epoll)
 	closeOnce sync.Once
 	stopRLS   context.CancelFunc // ends the RLS checks at shutdown
 
@@ -146,7 +147,8 @@ type Server struct {
 	conns map[*client]struct{} // guarded by mu: open streaming connections
 	wg    sync.WaitGroup       // streaming handlers and their writers
 
-	slow atomic.Int64 // connections closed as slow consumers
+	slow   atomic.Int64 // connections closed as slow consumers
+	asleep atomic.Int64 // WebSocket connections with no reader goroutine (in the poller)
 }
 
 // New returns a Server. Feed it the change stream with Emit (the listener's
@@ -235,6 +237,14 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	if p, err := newPoller(s.cfg.Logger); err == nil {
+		s.poller = p
+		go p.run()
+		// After every connection has ended (s.wg): none sleeps in it.
+		defer p.stop()
+	} else {
+		s.cfg.Logger.Debug("idle WebSocket connections keep their reader goroutine", "err", err)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(l) }()
@@ -593,6 +603,7 @@ func (s *Server) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintf(w, "# HELP pgfeed_connections Open streaming connections.\n# TYPE pgfeed_connections gauge\npgfeed_connections %d\n", conns)
 	fmt.Fprintf(w, "# HELP pgfeed_subscriptions Live subscriptions.\n# TYPE pgfeed_subscriptions gauge\npgfeed_subscriptions %d\n", s.hub.index.Len())
 	fmt.Fprintf(w, "# HELP pgfeed_deliveries_total Changes handed to connection queues.\n# TYPE pgfeed_deliveries_total counter\npgfeed_deliveries_total %d\n", s.hub.delivered.Load())
+	fmt.Fprintf(w, "# HELP pgfeed_websockets_asleep WebSocket connections waiting for input with no goroutine.\n# TYPE pgfeed_websockets_asleep gauge\npgfeed_websockets_asleep %d\n", s.asleep.Load())
 	fmt.Fprintf(w, "# HELP pgfeed_slow_consumers_total Connections closed because they fell behind.\n# TYPE pgfeed_slow_consumers_total counter\npgfeed_slow_consumers_total %d\n", s.slow.Load())
 	if r := s.hub.rls; r != nil {
 		fmt.Fprintf(w, "# HELP pgfeed_rls_checks_total Changes checked under row-level security, once per group of subscribers sharing table, role and claims (many per query when they pile up).\n# TYPE pgfeed_rls_checks_total counter\npgfeed_rls_checks_total %d\n", r.checks.Load())

@@ -60,35 +60,33 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(-1) // enforced by the reader, to answer too_large first
 	ws.start(conn, cw.sock, cw.br)
-	go ws.run()
+	go ws.read()
 }
 
-// wsReader reads client messages until the connection ends.
-func (s *Server) wsReader(ctx context.Context, ws *wsConn) {
+// wsReader reads client messages until the connection ends, or until it
+// falls asleep (reported: the goroutine must end, see wsConn.sleep).
+func (s *Server) wsReader(ctx context.Context, ws *wsConn) (asleep bool) {
 	conn, c := ws.conn, ws.c
 	limit := int64(s.cfg.MaxMessageBytes)
-	// A token bucket for subscribe messages: SubscribeRate a second, bursts
-	// of twice that.
-	rate := &rateLimit{tokens: float64(2 * s.cfg.SubscribeRate), last: time.Now()}
-	for {
-		if err := ws.awaitMessage(); err != nil {
-			return
+	for first := true; ; first = false {
+		if asleep, err := ws.awaitMessage(!first); asleep || err != nil {
+			return asleep
 		}
 		// Not ctx: the connection ends by being closed, and a
 		// cancellable context costs every read a context.AfterFunc.
 		typ, rd, err := conn.Reader(context.Background())
 		if err != nil {
-			return
+			return false
 		}
 		data, err := io.ReadAll(io.LimitReader(rd, limit+1))
 		if err != nil {
-			return
+			return false
 		}
 		if int64(len(data)) > limit {
 			s.wsSend(c, map[string]any{"type": "error", "id": nil, "code": "too_large",
 				"message": "message larger than " + strconv.FormatInt(limit, 10) + " bytes"})
 			c.q.close("too_large")
-			return
+			return false
 		}
 		if typ != websocket.MessageText {
 			s.wsError(c, nil, errorf("bad_request", "messages must be JSON text frames"))
@@ -101,7 +99,7 @@ func (s *Server) wsReader(ctx context.Context, ws *wsConn) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			s.wsHandle(ctx, ws, data, rate)
+			s.wsHandle(ctx, ws, data, &ws.rate)
 		}()
 		<-done
 	}

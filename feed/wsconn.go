@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -149,7 +150,12 @@ type wsConn struct {
 	conn *websocket.Conn // set once by start, under mu
 	sock *corkConn       // likewise
 	br   *bufio.Reader   // set by start: conn's read buffer; only the reader uses it
-	wake chan struct{}   // one token: a running writer has something to do
+	raw  syscall.RawConn // set by start: the socket, for the poller; nil when not pollable
+
+	// The reader's own, kept while it sleeps.
+	rate   rateLimit     // subscribe messages' token bucket
+	pollID uint64        // the poller's id for the socket, 0 before the first watch
+	wake   chan struct{} // one token: a running writer has something to do
 
 	// ctx is the context of the connection's reads and the work they
 	// start (subscribing, replays, token checks); cancel ends it, when the
@@ -163,6 +169,7 @@ type wsConn struct {
 	pingDue  bool        // guarded by mu
 	unponged bool        // guarded by mu: the last ping has had no pong yet
 	parked   bool        // guarded by mu: the reader waits in awaitMessage, outside coder/websocket
+	asleep   bool        // guarded by mu: no reader runs; the poller wakes one on input
 	closing  *closeReq   // guarded by mu: the writer asked for a close handshake
 	expired  bool        // guarded by mu: the token expired
 	expiry   *time.Timer // guarded by mu: fires when the token expires
@@ -181,6 +188,12 @@ func newWSConn(s *Server, c *client) *wsConn {
 func (ws *wsConn) start(conn *websocket.Conn, sock *corkConn, br *bufio.Reader) {
 	ws.ctx, ws.cancel = context.WithCancel(context.Background())
 	ws.br = br
+	if sc, ok := sock.Conn.(syscall.Conn); ok && ws.s.poller != nil {
+		if ws.raw, _ = sc.SyscallConn(); ws.raw != nil {
+			ws.s.poller.add(ws)
+		}
+	}
+	ws.rate = rateLimit{tokens: float64(2 * ws.s.cfg.SubscribeRate), last: time.Now()}
 	ws.mu.Lock()
 	ws.conn, ws.sock = conn, sock
 	ws.ping = time.AfterFunc(ws.s.cfg.Heartbeat, func() {
@@ -194,14 +207,19 @@ func (ws *wsConn) start(conn *websocket.Conn, sock *corkConn, br *bufio.Reader) 
 	ws.kick()
 }
 
-// run serves the connection until it ends. The caller has tracked c; run
-// untracks it when every goroutine of the connection has ended.
-func (ws *wsConn) run() {
+// read is the connection's reader: it reads client messages until the
+// connection ends, then tears it down, or until it falls asleep (nothing to
+// read; the poller or a close starts a reader again, see wakeReader). The caller
+// has tracked c; the last reader untracks it when every goroutine of the
+// connection has ended.
+func (ws *wsConn) read() {
+	if asleep := ws.s.wsReader(ws.ctx, ws); asleep {
+		return
+	}
 	defer ws.s.untrack(ws.c)
 	// Reads and the subscriptions they start stop when the reader does;
 	// the writer goes on to send what is queued (an error, a close
 	// reason) until the queue closes.
-	ws.s.wsReader(ws.ctx, ws)
 	ws.cancel()
 	ws.c.replays.Wait()
 	ws.s.endAll(ws.c)
@@ -214,7 +232,66 @@ func (ws *wsConn) run() {
 	}
 	ws.mu.Unlock()
 	ws.writers.Wait()
+	if p := ws.s.poller; p != nil {
+		p.forget(ws)
+	}
 	_ = ws.conn.CloseNow()
+}
+
+// wakeReader starts a reader if the connection is asleep: input came, or the
+// writer closed or is closing the connection, which a reader must see.
+func (ws *wsConn) wakeReader() {
+	if ws.takeAsleep() {
+		go ws.read()
+	}
+}
+
+// takeAsleep ends the connection's sleep, if it sleeps, and reports
+// whether it did: the caller then starts a reader.
+func (ws *wsConn) takeAsleep() bool {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return ws.endSleep()
+}
+
+// endSleep is takeAsleep with ws.mu held.
+func (ws *wsConn) endSleep() bool {
+	if !ws.asleep {
+		return false
+	}
+	ws.asleep = false
+	ws.s.asleep.Add(-1)
+	return true
+}
+
+// sleep hands the connection to the poller until input comes, and reports
+// whether this reader must end: false when it could not sleep (no poller,
+// a closed socket, a close requested), so that it waits in Peek instead.
+func (ws *wsConn) sleep() bool {
+	p := ws.s.poller
+	if p == nil || ws.pollID == 0 || len(ws.sock.rest) > 0 {
+		return false
+	}
+	ws.mu.Lock()
+	if ws.closing != nil {
+		ws.mu.Unlock()
+		return false
+	}
+	ws.asleep, ws.parked = true, false
+	ws.s.asleep.Add(1)
+	ws.mu.Unlock()
+	if err := p.watch(ws); err != nil {
+		// Read on, unless someone woke a reader meanwhile.
+		mine := ws.takeAsleep()
+		if mine {
+			ws.mu.Lock()
+			ws.parked = true
+			ws.mu.Unlock()
+		}
+		return !mine
+	}
+	// From here on another reader may run: touch nothing.
+	return true
 }
 
 // pingFrame is a WebSocket ping with no payload, as a server sends it
@@ -241,17 +318,28 @@ type closeReq struct {
 // handshake reads the connection; so does the reader while parked in
 // awaitMessage, outside coder/websocket's locks. So when the reader is
 // parked, close wakes it (a read deadline in the past) and leaves the
-// handshake to it. Only the writer calls close.
+// handshake to it; when it is asleep, close starts one for it. Only the
+// writer calls close.
 func (ws *wsConn) close(code websocket.StatusCode, reason string) {
 	ws.mu.Lock()
 	ws.closing = &closeReq{code: code, reason: reason}
-	parked := ws.parked
+	parked, asleep := ws.parked, ws.endSleep()
 	ws.mu.Unlock()
-	if parked {
+	switch {
+	case asleep:
+		go ws.read()
+	case parked:
 		_ = ws.sock.SetReadDeadline(time.Now())
-		return
+	default:
+		_ = ws.conn.Close(code, reason)
 	}
-	_ = ws.conn.Close(code, reason)
+}
+
+// abort closes the connection without a close handshake (a dead or
+// failing peer), and wakes the reader to tear the connection down.
+func (ws *wsConn) abort() {
+	_ = ws.conn.CloseNow()
+	ws.wakeReader()
 }
 
 // awaitMessage returns once the next client frame starts a message (or is
@@ -260,17 +348,25 @@ func (ws *wsConn) close(code websocket.StatusCode, reason string) {
 // coder/websocket's Reader keeps an idle connection's goroutine stack
 // small: the runtime sizes new goroutine stacks by what parked ones use.
 // (coder/websocket's Reader would also keep waiting after a pong, deep in
-// its frame loop.) It returns an error when the connection is over: read
-// failed, or the writer asked for a close, which awaitMessage then makes.
-func (ws *wsConn) awaitMessage() error {
+// its frame loop.) With nothing buffered it puts the connection to sleep
+// (see sleep) and reports asleep: the calling goroutine must end; not
+// before it has read once when mayRest is false (a reader just woken for
+// input, or a new connection). It
+// returns an error when the connection is over: read failed, or the writer
+// asked for a close, which awaitMessage then makes.
+func (ws *wsConn) awaitMessage(mayRest bool) (asleep bool, err error) {
 	ws.mu.Lock()
 	req := ws.closing
 	ws.parked = req == nil
 	ws.mu.Unlock()
 	if req != nil {
-		return ws.closeParked(req)
+		return false, ws.closeParked(req)
 	}
 	for {
+		if mayRest && ws.br.Buffered() == 0 && ws.sleep() {
+			return true, nil
+		}
+		mayRest = true
 		h, err := ws.br.Peek(2)
 		// A whole, masked pong with a short payload: 2 header bytes, the
 		// mask, the payload.
@@ -287,9 +383,9 @@ func (ws *wsConn) awaitMessage() error {
 		req := ws.closing
 		ws.mu.Unlock()
 		if req != nil {
-			return ws.closeParked(req)
+			return false, ws.closeParked(req)
 		}
-		return err
+		return false, err
 	}
 }
 
@@ -396,12 +492,12 @@ func (ws *wsConn) write() {
 			ws.mu.Unlock()
 			if dead {
 				stop()
-				_ = ws.conn.CloseNow()
+				ws.abort()
 				return
 			}
 			if _, err := ws.sock.Write(pingFrame); err != nil {
 				stop()
-				_ = ws.conn.CloseNow()
+				ws.abort()
 				return
 			}
 			ws.mu.Lock()
@@ -426,7 +522,7 @@ func (ws *wsConn) write() {
 			clear(buf)
 			if err != nil {
 				stop()
-				_ = ws.conn.CloseNow()
+				ws.abort()
 				return
 			}
 		}

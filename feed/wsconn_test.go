@@ -268,3 +268,88 @@ func TestWebSocketPing(t *testing.T) {
 		t.Errorf("closed %v after the unanswered ping, want about %v", d, beat)
 	}
 }
+
+// rawWS is a WebSocket client on a bare TCP connection: no goroutine of
+// its own, so that a test sees only the server's.
+type rawWS struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dialRaw(t *testing.T, addr string) *rawWS {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	req := "GET /v1/ws HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	if _, err := c.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade answered %s", resp.Status)
+	}
+	return &rawWS{c: c, r: r}
+}
+
+func (w *rawWS) send(t *testing.T, msg string) {
+	t.Helper()
+	if _, err := w.c.Write(clientFrame(msg)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestIdleWebSocketsSleep: an idle connection keeps no goroutine (its
+// socket waits in the server's poller); changes still reach it, a message
+// wakes it, and a client that hangs up is torn down.
+func TestIdleWebSocketsSleep(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode(feed.Config{})
+	const conns = 40
+	clients := make([]*rawWS, conns)
+	for i := range clients {
+		clients[i] = dialRaw(t, n.addr)
+		clients[i].send(t, `{"type":"subscribe","id":"s","table":"public.orders"}`)
+		if m := serverMessage(t, clients[i].r); m["type"] != "subscribed" {
+			t.Fatalf("client %d: %v", i, m)
+		}
+	}
+	waitMetric := func(name string, want int) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for n.metric(t, name) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s = %d, want %d", name, n.metric(t, name), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitMetric("pgfeed_websockets_asleep", conns)
+	e.insertRows(1, 2)
+	for i, c := range clients {
+		if m := serverMessage(t, c.r); m["type"] != "change" || keyID(m) != 1 {
+			t.Fatalf("client %d: %v", i, m)
+		}
+	}
+	for i, c := range clients {
+		c.send(t, `{"type":"ping"}`)
+		if m := serverMessage(t, c.r); m["type"] != "pong" {
+			t.Fatalf("client %d after sleeping: %v", i, m)
+		}
+	}
+	waitMetric("pgfeed_websockets_asleep", conns)
+	for _, c := range clients {
+		c.c.Close()
+	}
+	waitMetric("pgfeed_connections", 0)
+	waitMetric("pgfeed_websockets_asleep", 0)
+}
