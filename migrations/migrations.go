@@ -72,8 +72,18 @@ func newProvider(db *sql.DB) (*goose.Provider, error) {
 // ensureSchema creates the pgfeed schema, which must exist before goose can
 // create its version table inside it. CREATE SCHEMA IF NOT EXISTS is not
 // safe against itself running concurrently (two nodes starting at once), so
-// it runs under pgfeed's migration lock.
+// it runs under pgfeed's migration lock, unless the schema exists: a
+// transaction that waits for that lock while another node's goose builds an
+// index CONCURRENTLY (which waits for older snapshots) under it would
+// deadlock, and a node whose goose runs has created the schema already.
 func ensureSchema(ctx context.Context, db *sql.DB) error {
+	var exists bool
+	if err := db.QueryRowContext(ctx, "SELECT to_regnamespace($1) IS NOT NULL", Schema).Scan(&exists); err != nil {
+		return fmt.Errorf("look for schema %s: %w", Schema, err)
+	}
+	if exists {
+		return nil
+	}
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("create schema %s: %w", Schema, err)
