@@ -23,16 +23,21 @@
 //     snapshots grow together, and a batch reads the same on every node: a
 //     Cursor (tick, position) means the same change everywhere.
 //
-// Source is the continuous reader: one connection, one goroutine (Run). It
-// LISTENs on channel pgfeed and reads on every wake-up and every Poll. When
-// transactions come at Config.NotifyBelow a second or faster it promises in
-// pgfeed.listeners to read back to back, and writers skip their NOTIFY
-// (whose commit-time lock serializes them); under half that rate it
+// Source is the continuous reader: one connection and one goroutine for
+// reading (Run), and a pruning goroutine that Run owns, on a connection of
+// its own per pass. It LISTENs on channel pgfeed and reads on every wake-up
+// and every Poll; a wake-up whose transaction (the NOTIFY's payload) the
+// last tick read already covered is skipped. A read is one round trip: the
+// tick is cut and its batch read in one pipeline. When transactions come at
+// Config.NotifyBelow a second or faster it promises in pgfeed.listeners to
+// read back to back (a trigger copies the earliest promise into the
+// sequence pgfeed.awake_until, which writers read), and writers skip their
+// NOTIFY (whose commit-time lock serializes them); under half that rate it
 // withdraws the promise, then reads until every transaction that began
 // while the promise held has ended, so none waits for the poll. It
 // reconnects with capped, jittered backoff, starting each session asleep
-// (withdrawing whatever promise the previous one left), and prunes ticks
-// and changes older than Retention in bounded batches.
+// (withdrawing whatever promise the previous one left). Ticks and changes
+// older than Retention are pruned in bounded batches.
 //
 // # Logical source: a replication slot
 //

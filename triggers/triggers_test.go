@@ -629,6 +629,37 @@ func TestNotifyOncePerTransaction(t *testing.T) {
 	mustEqual(t, "notifications", payloads, []string{first, second, "marker"})
 }
 
+// TestAwakeFlagFollowsListeners: the sequence writers read holds the
+// earliest promise of pgfeed.listeners, 0 when a listener is not reading
+// or there is none, whatever changes the table.
+func TestAwakeFlagFollowsListeners(t *testing.T) {
+	t.Parallel()
+	conn, _ := newDB(t)
+	flag := func(step string, want string) {
+		t.Helper()
+		var got, expect int64
+		if err := conn.QueryRow(context.Background(), `SELECT coalesce(pg_sequence_last_value('pgfeed.awake_until'), 0), `+want).Scan(&got, &expect); err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		if got != expect {
+			t.Errorf("%s: awake_until %d, want %d", step, got, expect)
+		}
+	}
+	const later, soon = `'2100-01-01 00:00:00.123+00'`, `'2099-01-01 00:00:00+00'`
+	ms := func(ts string) string { return `(extract(epoch FROM timestamptz ` + ts + `) * 1000)::bigint` }
+	flag("no listener", "0")
+	exec(t, conn, `INSERT INTO pgfeed.listeners (node, awake_until) VALUES ('a', `+later+`)`)
+	flag("one awake", ms(later))
+	exec(t, conn, `INSERT INTO pgfeed.listeners (node, awake_until) VALUES ('b', `+soon+`)`)
+	flag("two awake", ms(soon))
+	exec(t, conn, `UPDATE pgfeed.listeners SET awake_until = '-infinity' WHERE node = 'b'`)
+	flag("one asleep", "0")
+	exec(t, conn, `DELETE FROM pgfeed.listeners WHERE node = 'b'`)
+	flag("the sleeper gone", ms(later))
+	exec(t, conn, `TRUNCATE pgfeed.listeners`)
+	flag("all gone", "0")
+}
+
 func openSQL(tb testing.TB, url string) *sql.DB {
 	tb.Helper()
 	db, err := sql.Open("pgx", url)
