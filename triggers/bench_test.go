@@ -3,10 +3,13 @@ package triggers_test
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/pgfeed/pgfeed/internal/pgtemp"
 	"github.com/pgfeed/pgfeed/internal/pgtest"
@@ -24,38 +27,10 @@ import (
 // walsender decoding on the same machine). Each variant reports x-none, its
 // ns/op over the uncaptured variant's of the same run:
 //
-//	go test -run '^$' -bench CaptureCost -count 3 ./triggers/
+//	go test -run '^$' -bench 'CaptureCost$' -count 3 ./triggers/
 func BenchmarkCaptureCost(b *testing.B) {
 	ctx := context.Background()
-	srv, err := pgtemp.Start(ctx, pgtemp.Options{Settings: map[string]string{
-		"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on",
-	}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer srv.Stop()
-	url := srv.URL("postgres")
-	pool, err := pgxpool.New(ctx, url+"&pool_max_conns=4")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer pool.Close()
-	db := openSQL(b, url)
-	defer db.Close()
-	mustExec := func(sql string) {
-		if _, err := pool.Exec(ctx, sql); err != nil {
-			b.Fatalf("%s: %v", sql, err)
-		}
-	}
-	for _, name := range []string{"plain", "captured", "published"} {
-		mustExec(fmt.Sprintf(`CREATE TABLE %s (id bigserial PRIMARY KEY, user_id text NOT NULL, status text NOT NULL, total numeric NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`, name))
-	}
-	if _, err := triggers.Enable(ctx, pool, "captured"); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := triggers.EnableLogical(ctx, pool, triggers.Publication{}, "published"); err != nil {
-		b.Fatal(err)
-	}
+	url, pool, mustExec := captureServer(b)
 	variants := []struct {
 		name, table string
 		awake       bool
@@ -139,6 +114,98 @@ func streamLogical(b *testing.B, url string, pool *pgxpool.Pool) func() {
 			b.Errorf("logical source: %v", err)
 		}
 		pgtest.DropSlot(b, url, "bench")
+	}
+}
+
+// captureServer starts a durable throwaway server with three tables of the
+// same shape: plain (uncaptured), captured (trigger source) and published
+// (the logical source's publication). It returns the server's URL, a pool
+// of 4 connections and an Exec that fails the benchmark.
+func captureServer(b *testing.B) (string, *pgxpool.Pool, func(string)) {
+	b.Helper()
+	ctx := context.Background()
+	srv, err := pgtemp.Start(ctx, pgtemp.Options{Settings: map[string]string{
+		"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on",
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = srv.Stop() })
+	url := srv.URL("postgres")
+	pool, err := pgxpool.New(ctx, url+"&pool_max_conns=4")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(pool.Close)
+	db := openSQL(b, url)
+	_ = db.Close()
+	mustExec := func(sql string) {
+		if _, err := pool.Exec(ctx, sql); err != nil {
+			b.Fatalf("%s: %v", sql, err)
+		}
+	}
+	for _, name := range []string{"plain", "captured", "published"} {
+		mustExec(fmt.Sprintf(`CREATE TABLE %s (id bigserial PRIMARY KEY, user_id text NOT NULL, status text NOT NULL, total numeric NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`, name))
+	}
+	if _, err := triggers.Enable(ctx, pool, "captured"); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := triggers.EnableLogical(ctx, pool, triggers.Publication{}, "published"); err != nil {
+		b.Fatal(err)
+	}
+	return url, pool, mustExec
+}
+
+// BenchmarkCaptureCostRounds measures the single-row trigger variants of
+// BenchmarkCaptureCost in alternating rounds: each iteration runs
+// uncaptured, NOTIFY and awake inserts for a second each (4 clients), and
+// the reported ratios are the medians over the rounds of each variant's
+// time per insert to the uncaptured one's in the same round. A slow spell
+// of a shared machine then hits the variants alike. ns/op is per round.
+//
+//	go test -run '^$' -bench CaptureCostRounds -benchtime 7x ./triggers/
+func BenchmarkCaptureCostRounds(b *testing.B) {
+	ctx := context.Background()
+	_, pool, mustExec := captureServer(b)
+	const round = time.Second
+	ratios := map[string][]float64{}
+	for b.Loop() {
+		var none float64
+		for _, v := range []struct {
+			name, table string
+			awake       bool
+		}{{"none", "plain", false}, {"notify", "captured", false}, {"awake", "captured", true}} {
+			setAwake(b, pool, v.awake)
+			mustExec("TRUNCATE pgfeed.changes")
+			insert := fmt.Sprintf(`INSERT INTO %s (user_id, status, total) VALUES ('u1', 'open', 9.5)`, v.table)
+			var done atomic.Int64
+			g, gctx := errgroup.WithContext(ctx)
+			stop := time.Now().Add(round)
+			for range 4 {
+				g.Go(func() error {
+					for time.Now().Before(stop) {
+						if _, err := pool.Exec(gctx, insert); err != nil {
+							return err
+						}
+						done.Add(1)
+					}
+					return nil
+				})
+			}
+			if err := g.Wait(); err != nil {
+				b.Fatal(err)
+			}
+			per := float64(round) / float64(done.Load())
+			if v.name == "none" {
+				none = per
+				continue
+			}
+			ratios[v.name] = append(ratios[v.name], per/none)
+		}
+	}
+	for name, rs := range ratios {
+		slices.Sort(rs)
+		b.ReportMetric(rs[len(rs)/2], name+"-x-none")
 	}
 }
 
