@@ -22,8 +22,9 @@
 // reader finds nothing to read, it registers the socket with the server's
 // poller (an epoll instance that Serve runs and stops) and ends; input, a
 // hang-up or a close the writer wants starts a reader again
-// (wsConn.wakeReader), one at a time. Pongs never leave the reader's
-// shallow wait (wsConn.awaitMessage). A writer goroutine runs only while
+// (wsConn.wakeReader), one at a time. Pongs, and pings (whose pongs the
+// writer sends), are handled in the reader's shallow wait
+// (wsConn.awaitMessage), so they do not keep it inside coder/websocket. A writer goroutine runs only while
 // the queue has something to send, a ping is due or the token expired (the
 // queue's notify starts it); it writes a burst corked (one system call) and
 // ends after writerLinger idle (at once if it only pinged). The last reader

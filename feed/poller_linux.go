@@ -26,6 +26,7 @@ type poller struct {
 	mu     sync.Mutex
 	conns  map[uint64]*wsConn // guarded by mu
 	nextID uint64             // guarded by mu; 0 is the wake pipe
+	dead   bool               // guarded by mu: run failed; nothing may sleep
 }
 
 func newPoller(log *slog.Logger) (*poller, error) {
@@ -63,9 +64,19 @@ func (p *poller) run() {
 			continue
 		}
 		if err != nil {
-			// Sleeping connections would never wake; stop the process's
-			// service loudly rather than hang them silently.
-			p.log.Error("epoll wait failed; idle WebSocket connections will not be read", "err", err)
+			// Nothing would wake a sleeping connection: wake them all, and
+			// let none sleep again (their readers wait in their goroutines).
+			p.log.Error("epoll wait failed; idle WebSocket connections keep a goroutine from now on", "err", err)
+			p.mu.Lock()
+			p.dead = true
+			conns := make([]*wsConn, 0, len(p.conns))
+			for _, ws := range p.conns {
+				conns = append(conns, ws)
+			}
+			p.mu.Unlock()
+			for _, ws := range conns {
+				ws.wakeReader()
+			}
 			return
 		}
 		for _, ev := range events[:n] {
@@ -106,6 +117,12 @@ func (p *poller) add(ws *wsConn) {
 func (p *poller) watch(ws *wsConn) error {
 	if ws.raw == nil || ws.pollID == 0 {
 		return errors.New("socket not pollable")
+	}
+	p.mu.Lock()
+	dead := p.dead
+	p.mu.Unlock()
+	if dead {
+		return errors.New("poller stopped")
 	}
 	ev := syscall.EpollEvent{
 		Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT,

@@ -28,7 +28,7 @@ type wsMessage struct {
 }
 
 // serveWS upgrades the request and hands the connection to its own
-// goroutine (wsConn.run), so that net/http's per-request state is released
+// goroutine (wsConn.read), so that net/http's per-request state is released
 // when this handler returns; the Server waits for that goroutine.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	id, aerr := s.identify(r)

@@ -142,7 +142,7 @@ func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 // wsConn is one WebSocket connection: its reader goroutine runs the
-// connection (wsConn.run) and starts a writer goroutine whenever its queue
+// connection (wsConn.read) and starts a writer goroutine whenever its queue
 // has something to send, a ping is due or the token expired.
 type wsConn struct {
 	s    *Server
@@ -167,6 +167,8 @@ type wsConn struct {
 	writing  bool        // guarded by mu: a writer goroutine runs
 	ended    bool        // guarded by mu: the connection is over; no writer starts
 	pingDue  bool        // guarded by mu
+	pongDue  bool        // guarded by mu: a client's ping awaits its pong
+	pongData []byte      // guarded by mu: that ping's payload
 	unponged bool        // guarded by mu: the last ping has had no pong yet
 	parked   bool        // guarded by mu: the reader waits in awaitMessage, outside coder/websocket
 	asleep   bool        // guarded by mu: no reader runs; the poller wakes one on input
@@ -188,7 +190,16 @@ func newWSConn(s *Server, c *client) *wsConn {
 func (ws *wsConn) start(conn *websocket.Conn, sock *corkConn, br *bufio.Reader) {
 	ws.ctx, ws.cancel = context.WithCancel(context.Background())
 	ws.br = br
-	if sc, ok := sock.Conn.(syscall.Conn); ok && ws.s.poller != nil {
+	// Only a plain socket: a wrapper that buffers reads of its own would
+	// hide them from the poller.
+	var sc syscall.Conn
+	switch c := sock.Conn.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
+	}
+	if sc != nil && ws.s.poller != nil {
 		if ws.raw, _ = sc.SyscallConn(); ws.raw != nil {
 			ws.s.poller.add(ws)
 		}
@@ -281,14 +292,15 @@ func (ws *wsConn) sleep() bool {
 	ws.s.asleep.Add(1)
 	ws.mu.Unlock()
 	if err := p.watch(ws); err != nil {
-		// Read on, unless someone woke a reader meanwhile.
-		mine := ws.takeAsleep()
-		if mine {
-			ws.mu.Lock()
-			ws.parked = true
-			ws.mu.Unlock()
+		// Read on, parked, unless a reader was started meanwhile (by a
+		// close, which then finds the reader parked, or an abort).
+		ws.mu.Lock()
+		defer ws.mu.Unlock()
+		if !ws.endSleep() {
+			return true
 		}
-		return !mine
+		ws.parked = true
+		return false
 	}
 	// From here on another reader may run: touch nothing.
 	return true
@@ -324,12 +336,16 @@ func (ws *wsConn) close(code websocket.StatusCode, reason string) {
 	ws.mu.Lock()
 	ws.closing = &closeReq{code: code, reason: reason}
 	parked, asleep := ws.parked, ws.endSleep()
+	if parked {
+		// Under mu: the reader clears it only after it has seen closing
+		// (closeParked), so a late deadline never cuts its handshake.
+		_ = ws.sock.SetReadDeadline(time.Now())
+	}
 	ws.mu.Unlock()
 	switch {
 	case asleep:
 		go ws.read()
 	case parked:
-		_ = ws.sock.SetReadDeadline(time.Now())
 	default:
 		_ = ws.conn.Close(code, reason)
 	}
@@ -368,13 +384,21 @@ func (ws *wsConn) awaitMessage(mayRest bool) (asleep bool, err error) {
 		}
 		mayRest = true
 		h, err := ws.br.Peek(2)
-		// A whole, masked pong with a short payload: 2 header bytes, the
-		// mask, the payload.
-		if err == nil && h[0] == 0x8A && h[1]&0x80 != 0 && h[1]&0x7f <= 125 {
+		// A whole, masked pong or ping (control frames are never
+		// fragmented) with a short payload: 2 header bytes, the mask, the
+		// payload. A ping's pong is the writer's to send: a frame written
+		// from here could land inside one of its messages.
+		if err == nil && (h[0] == 0x8A || h[0] == 0x89) && h[1]&0x80 != 0 && h[1]&0x7f <= 125 {
 			n := 2 + 4 + int(h[1]&0x7f)
-			if _, err = ws.br.Peek(n); err == nil {
+			var f []byte
+			if f, err = ws.br.Peek(n); err == nil {
+				if f[0] == 0x8A {
+					ws.pong()
+				} else {
+					ws.answerPing(f[2:6], f[6:])
+				}
 				_, _ = ws.br.Discard(n)
-				ws.pong()
+				mayRest = true
 				continue
 			}
 		}
@@ -387,6 +411,20 @@ func (ws *wsConn) awaitMessage(mayRest bool) (asleep bool, err error) {
 		}
 		return false, err
 	}
+}
+
+// answerPing has the writer send a pong for a client's ping with the given
+// mask and masked payload (only the latest ping is answered, as RFC 6455
+// allows).
+func (ws *wsConn) answerPing(mask, masked []byte) {
+	data := make([]byte, len(masked))
+	for i := range masked {
+		data[i] = masked[i] ^ mask[i%4]
+	}
+	ws.mu.Lock()
+	ws.pongDue, ws.pongData = true, data
+	ws.mu.Unlock()
+	ws.kick()
 }
 
 // closeParked makes the close handshake the writer asked for while the
@@ -474,12 +512,21 @@ func (ws *wsConn) write() {
 	for {
 		ws.mu.Lock()
 		ping, expired := ws.pingDue, ws.expired
-		ws.pingDue = false
+		pong, pongData := ws.pongDue, ws.pongData
+		ws.pingDue, ws.pongDue, ws.pongData = false, false, nil
 		ws.mu.Unlock()
 		if expired {
 			stop()
 			ws.close(websocket.StatusPolicyViolation, "token_expired")
 			return
+		}
+		if pong {
+			frame := append([]byte{0x8A, byte(len(pongData))}, pongData...)
+			if _, err := ws.sock.Write(frame); err != nil {
+				stop()
+				ws.abort()
+				return
+			}
 		}
 		if ping {
 			// A ping of our own (coder/websocket's Ping waits for the
@@ -550,15 +597,15 @@ func (ws *wsConn) write() {
 			sent = true
 			continue
 		}
-		if ping {
+		if ping || pong {
 			continue
 		}
 		// Nothing to do: wait a little for more, then end; at once when
-		// this writer only pinged (an idle connection's heartbeat need
+		// this writer only pinged or ponged (an idle connection's heartbeat need
 		// not keep a goroutine for writerLinger).
 		if !sent {
 			ws.mu.Lock()
-			if !ws.pingDue && !ws.expired && ws.c.q.idle() {
+			if !ws.pingDue && !ws.pongDue && !ws.expired && ws.c.q.idle() {
 				ws.writing = false
 				ws.mu.Unlock()
 				return
@@ -577,7 +624,7 @@ func (ws *wsConn) write() {
 		case <-idle.C:
 		}
 		ws.mu.Lock()
-		if !ws.pingDue && !ws.expired && ws.c.q.idle() {
+		if !ws.pingDue && !ws.pongDue && !ws.expired && ws.c.q.idle() {
 			ws.writing = false
 			ws.mu.Unlock()
 			return

@@ -309,7 +309,7 @@ func (w *rawWS) send(t *testing.T, msg string) {
 
 // TestIdleWebSocketsSleep: an idle connection keeps no goroutine (its
 // socket waits in the server's poller); changes still reach it, a message
-// wakes it, and a client that hangs up is torn down.
+// or a ping wakes it, and a client that hangs up is torn down.
 func TestIdleWebSocketsSleep(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -344,6 +344,21 @@ func TestIdleWebSocketsSleep(t *testing.T) {
 		c.send(t, `{"type":"ping"}`)
 		if m := serverMessage(t, c.r); m["type"] != "pong" {
 			t.Fatalf("client %d after sleeping: %v", i, m)
+		}
+	}
+	waitMetric("pgfeed_websockets_asleep", conns)
+	// Protocol pings, as many client libraries send them, are answered
+	// with their payload and do not keep the connection awake.
+	for i, c := range clients {
+		if _, err := c.c.Write([]byte{0x89, 0x80 | 2, 1, 2, 3, 4, 'h' ^ 1, 'i' ^ 2}); err != nil {
+			t.Fatal(err)
+		}
+		var f [4]byte
+		if _, err := io.ReadFull(c.r, f[:]); err != nil {
+			t.Fatalf("client %d: waiting for the pong: %v", i, err)
+		}
+		if f != [4]byte{0x8A, 2, 'h', 'i'} {
+			t.Fatalf("client %d: frame %x, want a pong with the ping's payload", i, f)
 		}
 	}
 	waitMetric("pgfeed_websockets_asleep", conns)
