@@ -185,7 +185,11 @@ func ReadBatch(ctx context.Context, db Querier, id int64) (Batch, error) {
 // (txid from its xmax) or were running at it (its xip list), and are visible
 // in this one. Two index probes: asking for txid >= the previous tick's xmin
 // instead would scan every change written since the oldest transaction still
-// open, on every read, for as long as it stays open.
+// open, on every read, for as long as it stays open. The running ones are
+// also bounded by the previous tick's xmin and xmax, which changes nothing
+// but the plan: "= ANY (array)" alone, planned while the log was nearly
+// empty (a generic plan, cached for the connection's life), was a
+// sequential scan, and each read then cost more as the log grew.
 const readBatchSQL = `
 		WITH t AS (
 		     SELECT cur.id, cur.snapshot AS cs, cur.created_at, prev.snapshot AS ps
@@ -201,6 +205,8 @@ const readBatchSQL = `
 		     SELECT c.seq, c.txid, c.schema_name, c.table_name, c.op, c.key_columns, c.new, c.old
 		       FROM pgfeed.changes c
 		      WHERE c.txid = ANY (ARRAY(SELECT pg_snapshot_xip(ps) FROM t))
+		        AND c.txid >= (SELECT pg_snapshot_xmin(ps) FROM t)
+		        AND c.txid < (SELECT pg_snapshot_xmax(ps) FROM t)
 		        AND pg_visible_in_snapshot(c.txid, (SELECT cs FROM t)))
 		SELECT t.id, t.cs::text, t.created_at,
 		       c.seq, c.txid::text, c.schema_name, c.table_name, c.op, c.key_columns, c.new, c.old

@@ -332,3 +332,80 @@ func TestTickProbesTheIndex(t *testing.T) {
 		t.Errorf("cutting ticks scanned the change log %d times, probed its index %d times", seq, idx)
 	}
 }
+
+// TestReadsStayIndexedAsTheLogGrows: the plans a listener's connection
+// caches while the log is nearly empty (its first reads after an install)
+// must not scan the log once it has grown. (Generic plans made then were
+// sequential scans, and reads slowed down in proportion to the log.)
+func TestReadsStayIndexedAsTheLogGrows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := migratedDB(t)
+	conn := pgtest.Connect(t, url)
+	writer := pgtest.Connect(t, url)
+	const insert = `INSERT INTO pgfeed.changes (schema_name, table_name, op, new) VALUES ('public', 't', 'insert', '{}')`
+	// Tiny log, with a transaction running at each tick, so that every
+	// probe runs (and is planned) often enough for a generic plan.
+	if _, _, err := listener.CreateTick(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	var last int64
+	for range 8 {
+		for _, q := range []string{`BEGIN`, insert} {
+			if _, err := writer.Exec(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := conn.Exec(ctx, insert); err != nil {
+			t.Fatal(err)
+		}
+		tk, _, err := listener.CreateTick(ctx, conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := writer.Exec(ctx, `COMMIT`); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := listener.CreateTick(ctx, conn); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := listener.ReadBatch(ctx, conn, tk.ID); err != nil {
+			t.Fatal(err)
+		}
+		last = tk.ID
+	}
+	// The log grows, with no ANALYZE to make anyone replan.
+	if _, err := writer.Exec(ctx, `INSERT INTO pgfeed.changes (schema_name, table_name, op, new) SELECT 'public', 't', 'insert', '{}' FROM generate_series(1, 20000)`); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`BEGIN`, insert} {
+		if _, err := writer.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	tk, _, err := listener.CreateTick(ctx, tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := listener.ReadBatch(ctx, tx, tk.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := listener.CreateTick(ctx, tx); err != nil { // finds nothing: probes the running one
+		t.Fatal(err)
+	}
+	var seq int64
+	if err := tx.QueryRow(ctx, `SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relid = 'pgfeed.changes'::regclass`).Scan(&seq); err != nil {
+		t.Fatal(err)
+	}
+	if seq != 0 {
+		t.Errorf("reading after tick %d scanned the change log %d times", last, seq)
+	}
+	if _, err := writer.Exec(ctx, `ROLLBACK`); err != nil {
+		t.Fatal(err)
+	}
+}
