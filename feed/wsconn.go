@@ -601,16 +601,12 @@ func (ws *wsConn) write() {
 			continue
 		}
 		// Nothing to do: wait a little for more, then end; at once when
-		// this writer only pinged or ponged (an idle connection's heartbeat need
-		// not keep a goroutine for writerLinger).
+		// this writer only pinged or ponged (an idle connection's
+		// heartbeat need not keep a goroutine for writerLinger).
 		if !sent {
-			ws.mu.Lock()
-			if !ws.pingDue && !ws.pongDue && !ws.expired && ws.c.q.idle() {
-				ws.writing = false
-				ws.mu.Unlock()
+			if ws.stopIfIdle() {
 				return
 			}
-			ws.mu.Unlock()
 			continue
 		}
 		if idle == nil {
@@ -623,12 +619,20 @@ func (ws *wsConn) write() {
 			continue
 		case <-idle.C:
 		}
-		ws.mu.Lock()
-		if !ws.pingDue && !ws.pongDue && !ws.expired && ws.c.q.idle() {
-			ws.writing = false
-			ws.mu.Unlock()
+		if ws.stopIfIdle() {
 			return
 		}
-		ws.mu.Unlock()
 	}
+}
+
+// stopIfIdle ends the writer's turn when nothing is left for it to do (a
+// kick after this starts a new writer), and reports whether it did.
+func (ws *wsConn) stopIfIdle() bool {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.pingDue || ws.pongDue || ws.expired || !ws.c.q.idle() {
+		return false
+	}
+	ws.writing = false
+	return true
 }

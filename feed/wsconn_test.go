@@ -200,25 +200,8 @@ func TestWebSocketPing(t *testing.T) {
 	e := newEnv(t)
 	const beat = 100 * time.Millisecond
 	n := e.startNode(feed.Config{Heartbeat: beat})
-	c, err := net.Dial("tcp", n.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	req := "GET /v1/ws HTTP/1.1\r\nHost: " + n.addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-	if _, err := c.Write([]byte(req)); err != nil {
-		t.Fatal(err)
-	}
-	r := bufio.NewReader(c)
-	resp, err := http.ReadResponse(r, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade answered %s", resp.Status)
-	}
+	w := dialRaw(t, n.addr)
+	c, r := w.c, w.r
 	// A pong with a payload, masked as a client sends it.
 	pong := []byte{0x8A, 0x80 | 3, 9, 8, 7, 6, 'a' ^ 9, 'b' ^ 8, 'c' ^ 7}
 	expectPing := func() {

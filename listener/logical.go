@@ -357,16 +357,7 @@ func (l *Logical) Run(ctx context.Context, emit func(Batch) error) error {
 	if err := l.Setup(ctx); err != nil {
 		return err
 	}
-	wctx, stopWatch := context.WithCancel(ctx)
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		l.watch(wctx)
-	}()
-	defer func() {
-		stopWatch()
-		<-watchDone
-	}()
+	defer beside(ctx, l.watch)()
 	return runSessions(ctx, l.cfg.Logger, "replication stream lost; reconnecting",
 		func(connected func()) error { return l.session(ctx, emit, connected) })
 }

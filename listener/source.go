@@ -140,16 +140,7 @@ func (s *Source) Run(ctx context.Context, emit func(Batch) error) error {
 	if s.cfg.Connect == nil {
 		return errors.New("listener: Config.Connect is required")
 	}
-	pctx, stop := context.WithCancel(ctx)
-	pruned := make(chan struct{})
-	go func() {
-		defer close(pruned)
-		s.pruneLoop(pctx)
-	}()
-	defer func() {
-		stop()
-		<-pruned
-	}()
+	defer beside(ctx, s.pruneLoop)()
 	return runSessions(ctx, s.cfg.Logger, "change listener disconnected; reconnecting",
 		func(connected func()) error { return s.session(ctx, emit, connected) })
 }
@@ -179,6 +170,21 @@ func (s *Source) prunePass(ctx context.Context) error {
 	}
 	defer conn.Close(context.Background())
 	return s.prune(ctx, conn)
+}
+
+// beside runs bg on a goroutine of its own; the function it returns stops
+// bg (cancels its context) and waits for it to return.
+func beside(ctx context.Context, bg func(context.Context)) (stop func()) {
+	bctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		bg(bctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // endError ends Run instead of a reconnect: emit failed, or the source
