@@ -82,29 +82,12 @@ func TestWebSocketFramesSentWithTheUpgrade(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	n := e.startNode(feed.Config{})
-	c, err := net.Dial("tcp", n.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	req := "GET /v1/ws HTTP/1.1\r\nHost: " + n.addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-	out := []byte(req)
-	out = append(out, clientFrame(`{"type":"ping"}`)...)
-	out = append(out, clientFrame(`{"type":"subscribe","id":"s1","table":"public.orders"}`)...)
-	out = append(out, clientFrame(`{"type":"nonsense","id":"x"}`)...)
-	if _, err := c.Write(out); err != nil {
-		t.Fatal(err)
-	}
-	r := bufio.NewReader(c)
-	resp, err := http.ReadResponse(r, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade answered %s", resp.Status)
-	}
+	var first []byte
+	first = append(first, clientFrame(`{"type":"ping"}`)...)
+	first = append(first, clientFrame(`{"type":"subscribe","id":"s1","table":"public.orders"}`)...)
+	first = append(first, clientFrame(`{"type":"nonsense","id":"x"}`)...)
+	w := dialRaw(t, n.addr, first...)
+	c, r := w.c, w.r
 	if m := serverMessage(t, r); m["type"] != "pong" {
 		t.Fatalf("first message %v, want pong", m)
 	}
@@ -259,7 +242,9 @@ type rawWS struct {
 	r *bufio.Reader
 }
 
-func dialRaw(t *testing.T, addr string) *rawWS {
+// dialRaw upgrades a bare TCP connection to a WebSocket; with is sent in
+// the same write as the upgrade request (frames a client sends at once).
+func dialRaw(t *testing.T, addr string, with ...byte) *rawWS {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -269,7 +254,7 @@ func dialRaw(t *testing.T, addr string) *rawWS {
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
 	req := "GET /v1/ws HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-	if _, err := c.Write([]byte(req)); err != nil {
+	if _, err := c.Write(append([]byte(req), with...)); err != nil {
 		t.Fatal(err)
 	}
 	r := bufio.NewReader(c)
