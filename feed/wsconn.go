@@ -292,8 +292,8 @@ func (ws *wsConn) sleep() bool {
 	ws.s.asleep.Add(1)
 	ws.mu.Unlock()
 	if err := p.watch(ws); err != nil {
-		// Read on, parked, unless a reader was started meanwhile (by a
-		// close, which then finds the reader parked, or an abort).
+		// Read on, parked, unless a close or an abort found the
+		// connection asleep meanwhile and started a reader of its own.
 		ws.mu.Lock()
 		defer ws.mu.Unlock()
 		if !ws.endSleep() {
