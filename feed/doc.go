@@ -58,4 +58,5 @@
 // the set of connections and is never held while taking another lock.
 // wsConn.mu is taken before queue.mu (a writer deciding to end checks the
 // queue under it); the queue calls notify after releasing queue.mu.
+// poller.mu is never held while taking another lock.
 package feed
