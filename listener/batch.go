@@ -133,8 +133,8 @@ func scanTick(r pgx.Row) (t Tick, created bool, err error) {
 // round trip (a pipeline: one implicit transaction, in which the read sees
 // the tick just cut). ok reports whether b is tick after+1's batch: false
 // when no tick was cut past after, or with ErrTickGone when after+1 was
-// pruned. Nothing is returned before the transaction
-// has committed, so a tick is never used unless it is durable.
+// pruned. Nothing is returned before the transaction has committed, so a
+// tick is never used unless it is durable.
 func nextBatch(ctx context.Context, conn *pgx.Conn, after int64) (t Tick, b Batch, ok bool, err error) {
 	var q pgx.Batch
 	q.Queue(tickSQL)
