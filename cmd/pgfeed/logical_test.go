@@ -100,22 +100,7 @@ func TestServeLogical(t *testing.T) {
 	cfg := writeFile(t, "pgfeed.yaml", "source: logical\nlogical:\n  slot: "+slot+"\nauth:\n  anonymous: true\npolicies:\n  - table: public.orders\n    roles: [anon]\n")
 	pgfeed(t, "triggers", "enable", "orders", "--config", cfg, "--database-url", url).wantCode(t, 0)
 
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stderr := newSyncBuffer("msg=serving")
-	var stdout strings.Builder
-	done := make(chan int, 1)
-	go func() {
-		done <- run(sctx, []string{"serve", "--config", cfg, "--database-url", url, "--listen", "127.0.0.1:0"}, &stdout, stderr)
-	}()
-	select {
-	case <-stderr.seen:
-	case code := <-done:
-		t.Fatalf("serve exited with %d:\n%s", code, stderr)
-	case <-time.After(time.Minute):
-		t.Fatalf("serve not ready:\n%s", stderr)
-	}
-	addr := regexp.MustCompile(`listen=(\S+)`).FindStringSubmatch(stderr.String())[1]
+	addr, stop := startServe(t, cfg, url)
 
 	resp, err := http.Get("http://" + addr + "/v1/sse/public.orders")
 	if err != nil {
@@ -152,15 +137,7 @@ func TestServeLogical(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^pgfeed_slot_retained_wal_bytes \d+$`).Match(body) {
 		t.Errorf("metrics lack the slot's retained WAL:\n%s", body)
 	}
-	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("serve exited with %d after SIGTERM:\n%s", code, stderr)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve did not exit within 10 s of SIGTERM")
-	}
+	stop()
 	// The slot stays, and is let go once the walsender has exited.
 	poll := time.NewTicker(10 * time.Millisecond)
 	defer poll.Stop()

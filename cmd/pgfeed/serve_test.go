@@ -39,22 +39,7 @@ policies:
     filter: "user_id=eq.{claims.sub}"
     columns: [id, status, user_id]
 `)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	stderr := newSyncBuffer("msg=serving")
-	var stdout strings.Builder
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"serve", "--config", cfg, "--database-url", url, "--listen", "127.0.0.1:0"}, &stdout, stderr)
-	}()
-	select {
-	case <-stderr.seen:
-	case code := <-done:
-		t.Fatalf("serve exited with %d:\n%s", code, stderr)
-	case <-time.After(time.Minute):
-		t.Fatalf("serve not ready:\n%s", stderr)
-	}
-	addr := regexp.MustCompile(`listen=(\S+)`).FindStringSubmatch(stderr.String())[1]
+	addr, stop := startServe(t, cfg, url)
 
 	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
 		"sub": "ann", "role": "authenticated", "aud": "authenticated", "exp": time.Now().Add(time.Hour).Unix(),
@@ -62,7 +47,7 @@ policies:
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/v1/sse/public.orders", nil)
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://"+addr+"/v1/sse/public.orders", nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -103,14 +88,41 @@ policies:
 	if r2.StatusCode != 401 {
 		t.Errorf("no token: %d, want 401", r2.StatusCode)
 	}
-	cancel()
+	stop()
+}
+
+// startServe runs `pgfeed serve` with cfg on url, listening on a free
+// port, and returns its address once it serves. stop cancels it (as
+// SIGTERM does) and fails the test unless it exits 0 within 10 s.
+func startServe(t *testing.T, cfg, url string) (addr string, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	stderr := newSyncBuffer("msg=serving")
+	var stdout strings.Builder
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--config", cfg, "--database-url", url, "--listen", "127.0.0.1:0"}, &stdout, stderr)
+	}()
 	select {
+	case <-stderr.seen:
 	case code := <-done:
-		if code != 0 {
-			t.Fatalf("serve exited with %d after SIGTERM:\n%s", code, stderr)
+		t.Fatalf("serve exited with %d:\n%s", code, stderr)
+	case <-time.After(time.Minute):
+		t.Fatalf("serve not ready:\n%s", stderr)
+	}
+	addr = regexp.MustCompile(`listen=(\S+)`).FindStringSubmatch(stderr.String())[1]
+	return addr, func() {
+		t.Helper()
+		cancel()
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Fatalf("serve exited with %d after SIGTERM:\n%s", code, stderr)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("serve did not exit within 10 s of SIGTERM")
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve did not exit within 10 s of SIGTERM")
 	}
 }
 
