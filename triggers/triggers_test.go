@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 
@@ -694,6 +695,153 @@ func TestCaptureInUTC(t *testing.T) {
 			if at, _ := row["at"].(string); !strings.HasSuffix(at, "+00:00") {
 				t.Errorf("%s: at = %q, want UTC", c.Op, at)
 			}
+		}
+	}
+}
+
+// TestUnprivilegedWriter: an application role with no rights on schema
+// pgfeed writes to a captured table; every change is logged and wakes the
+// listener, while the role itself can neither write the log nor call the
+// wake-up.
+func TestUnprivilegedWriter(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, url := newDB(t)
+	var role string
+	if err := conn.QueryRow(ctx, `SELECT 'writer_' || current_database()`).Scan(&role); err != nil {
+		t.Fatal(err)
+	}
+	quoted := pgx.Identifier{role}.Sanitize()
+	exec(t, conn, `CREATE ROLE `+quoted+` NOLOGIN`)
+	t.Cleanup(func() {
+		_, _ = pgtest.Connect(t, url).Exec(context.Background(), `DROP OWNED BY `+quoted+`; DROP ROLE `+quoted)
+	})
+	exec(t, conn, `CREATE TABLE w (id int PRIMARY KEY, v int)`)
+	if _, err := triggers.Enable(ctx, conn, "w"); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, conn, `GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON w TO `+quoted)
+	listener := pgtest.Connect(t, url)
+	exec(t, listener, `LISTEN pgfeed`)
+
+	exec(t, conn, `SET ROLE `+quoted)
+	var xids []string
+	for _, sql := range []string{
+		`INSERT INTO w VALUES (1, 0)`, `UPDATE w SET v = 1`, `DELETE FROM w`, `TRUNCATE w`,
+	} {
+		var xid string
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, sql); err != nil {
+				return err
+			}
+			return tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&xid)
+		})
+		if err != nil {
+			t.Fatalf("%s as %s: %v", sql, role, err)
+		}
+		xids = append(xids, xid)
+	}
+	for _, sql := range []string{`SELECT pgfeed.wake()`, `INSERT INTO pgfeed.changes (schema_name, table_name, op) VALUES ('public', 'w', 'truncate')`} {
+		var pgErr *pgconn.PgError
+		if _, err := conn.Exec(ctx, sql); !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+			t.Errorf("%s as %s: %v, want permission denied", sql, role, err)
+		}
+	}
+	exec(t, conn, `RESET ROLE`)
+
+	var ops []string
+	for _, c := range changes(t, conn) {
+		ops = append(ops, c.Op)
+	}
+	mustEqual(t, "ops", ops, []string{"insert", "update", "delete", "truncate"})
+	var payloads []string
+	for range xids {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		n, err := listener.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("after %q: %v", payloads, err)
+		}
+		payloads = append(payloads, n.Payload)
+	}
+	mustEqual(t, "notifications", payloads, xids)
+}
+
+// TestStatementSizes: a statement of no row logs nothing and sends no
+// wake-up; one of one row logs that row (the one-row shortcut); bigger ones
+// log every row once, in chunks of bounded size.
+func TestStatementSizes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, url := newDB(t)
+	exec(t, conn, `CREATE TABLE s (id int PRIMARY KEY, pad text)`)
+	if _, err := triggers.Enable(ctx, conn, "s"); err != nil {
+		t.Fatal(err)
+	}
+	listener := pgtest.Connect(t, url)
+	exec(t, listener, `LISTEN pgfeed`)
+	logRows := func() (n int) {
+		t.Helper()
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pgfeed.changes`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	ids := func(cs []change, op string) []int {
+		t.Helper()
+		var got []int
+		for _, c := range cs {
+			if c.Op != op {
+				t.Fatalf("op %q, want %q", c.Op, op)
+			}
+			got = append(got, int(c.Key["id"].(float64)))
+		}
+		slices.Sort(got)
+		return got
+	}
+	span := func(from, to int) (s []int) {
+		for i := from; i <= to; i++ {
+			s = append(s, i)
+		}
+		return s
+	}
+	// 2,000 rows of 1 KB make about 2.3 MB: ten chunks or so.
+	const pad = `repeat(md5(g::text), 32)`
+	for _, step := range []struct {
+		sql      string
+		op       string
+		ids      []int
+		min, max int // log rows written
+	}{
+		{`INSERT INTO s SELECT g, 'x' FROM generate_series(1, 0) g`, "insert", nil, 0, 0},
+		{`INSERT INTO s VALUES (1, 'x')`, "insert", []int{1}, 1, 1},
+		{`INSERT INTO s VALUES (2, 'x'), (3, 'x')`, "insert", []int{2, 3}, 1, 1},
+		{`INSERT INTO s SELECT g, ` + pad + ` FROM generate_series(4, 2003) g`, "insert", span(4, 2003), 5, 20},
+		{`DELETE FROM s WHERE id > 2003`, "delete", nil, 0, 0},
+		{`DELETE FROM s WHERE id = 1`, "delete", []int{1}, 1, 1},
+		{`DELETE FROM s WHERE id IN (2, 3)`, "delete", []int{2, 3}, 1, 1},
+		{`DELETE FROM s`, "delete", span(4, 2003), 5, 20},
+	} {
+		exec(t, conn, step.sql)
+		if n := logRows(); n < step.min || n > step.max {
+			t.Errorf("%s: %d log rows, want %d to %d", step.sql, n, step.min, step.max)
+		}
+		mustEqual(t, step.sql, ids(changes(t, conn), step.op), step.ids)
+	}
+	// Six statements logged something: six wake-ups, then the marker.
+	exec(t, conn, `NOTIFY pgfeed, 'marker'`)
+	for i := 0; ; i++ {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		n, err := listener.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.Payload == "marker" {
+			if i != 6 {
+				t.Errorf("%d wake-ups, want 6", i)
+			}
+			break
 		}
 	}
 }
