@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,10 +59,11 @@ func TestBenches(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	live := func(t *testing.T, run func(context.Context, Options) (*LiveReport, error), subs int) {
+	live := func(t *testing.T, run func(context.Context, Options) (*LiveReport, error), subs int, settings ...string) {
 		o := Options{
 			Server:      bin,
 			DatabaseURL: pgtest.NewDB(t),
+			Settings:    settings,
 			Subscribers: subs,
 			Rate:        50,
 			Duration:    2 * time.Second,
@@ -104,6 +106,21 @@ func TestBenches(t *testing.T) {
 	}
 	t.Run("latency", func(t *testing.T) { live(t, Latency, 5) })
 	t.Run("fanout", func(t *testing.T) { live(t, Fanout, 20) })
+	t.Run("latency-logical", func(t *testing.T) {
+		// The bench captures its table for the source the settings
+		// choose, and drops the slot the server made in an existing
+		// database.
+		slot := fmt.Sprintf("bench_%d", time.Now().UnixNano())
+		live(t, Latency, 5, "PGFEED_SOURCE=logical", "PGFEED_LOGICAL_SLOT="+slot)
+		var left int
+		db := pgtest.Connect(t, pgtest.NewDB(t))
+		if err := db.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&left); err != nil {
+			t.Fatal(err)
+		}
+		if left != 0 {
+			t.Errorf("slot %s left behind", slot)
+		}
+	})
 
 	t.Run("idle", func(t *testing.T) {
 		rep, err := Idle(ctx, Options{

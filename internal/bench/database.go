@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,15 +21,49 @@ type database struct {
 	url     string
 	temp    *pgtemp.Server // nil for an existing database
 	version string         // server_version
+	capture capture
+}
+
+// capture is how the bench table is captured: by triggers, or by the
+// publication of the logical source, as the server's settings choose.
+type capture struct {
+	logical     bool
+	publication string // logical.publication; "" = the default
+	slot        string // logical.slot; "" = the default
+}
+
+// captureFor reads the source from the server's settings (PGFEED_*
+// variables), the last one of a key winning as in the environment.
+func captureFor(settings []string) (c capture) {
+	for _, kv := range settings {
+		key, value, _ := strings.Cut(kv, "=")
+		switch key {
+		case "PGFEED_SOURCE":
+			c.logical = value == "logical"
+		case "PGFEED_LOGICAL_PUBLICATION":
+			c.publication = value
+		case "PGFEED_LOGICAL_SLOT":
+			c.slot = value
+		}
+	}
+	if c.slot == "" {
+		c.slot = "pgfeed"
+	}
+	return c
 }
 
 // openDatabase starts a throwaway server when url is empty, then installs
 // pgfeed's schema and a fresh, captured bench table.
 func openDatabase(ctx context.Context, url string, o *Options) (_ *database, err error) {
-	d := &database{url: url}
+	d := &database{url: url, capture: captureFor(o.Settings)}
 	if url == "" {
 		o.logf("starting a throwaway PostgreSQL")
-		d.temp, err = pgtemp.Start(ctx, pgtemp.Options{})
+		// Commits wait for their WAL to be written, as on a production
+		// server: the walsender only sends written WAL, so with the test
+		// servers' synchronous_commit = off the logical source would see
+		// changes only when the WAL writer wakes (every 200 ms). fsync
+		// stays off.
+		d.temp, err = pgtemp.Start(ctx, pgtemp.Options{Settings: map[string]string{"synchronous_commit": "on"}})
 		if err != nil {
 			return nil, fmt.Errorf("start a throwaway PostgreSQL (or give a database URL): %w", err)
 		}
@@ -74,14 +109,20 @@ func (d *database) prepare(ctx context.Context) error {
 			return fmt.Errorf("create %s: %w", Table, err)
 		}
 	}
-	if _, err := triggers.Enable(ctx, conn, Table); err != nil {
+	if d.capture.logical {
+		_, err = triggers.EnableLogical(ctx, conn, triggers.Publication{Name: d.capture.publication}, Table)
+	} else {
+		_, err = triggers.Enable(ctx, conn, Table)
+	}
+	if err != nil {
 		return fmt.Errorf("capture %s: %w", Table, err)
 	}
 	return nil
 }
 
-// close drops the bench table of an existing database, or stops and
-// removes the throwaway server.
+// close drops the bench table of an existing database, and the logical
+// source's slot, which would hold back WAL for good; or it stops and removes
+// the throwaway server.
 func (d *database) close() error {
 	if d.temp != nil {
 		if err := d.temp.Stop(); err != nil {
@@ -98,6 +139,11 @@ func (d *database) close() error {
 	defer conn.Close(ctx)
 	if _, err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+Table); err != nil {
 		return fmt.Errorf("drop %s: %w", Table, err)
+	}
+	if d.capture.logical {
+		if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", d.capture.slot); err != nil {
+			return fmt.Errorf("drop replication slot %q: %w", d.capture.slot, err)
+		}
 	}
 	return nil
 }
