@@ -24,11 +24,13 @@
 // hang-up or a close the writer wants starts a reader again
 // (wsConn.wakeReader), one at a time. Pongs, and pings (whose pongs the
 // writer sends), are handled in the reader's shallow wait
-// (wsConn.awaitMessage), so they do not keep it inside coder/websocket. A writer goroutine runs only while
-// the queue has something to send, a ping is due or the token expired (the
-// queue's notify starts it); it writes a burst corked (one system call) and
-// ends after writerLinger idle (at once if it only pinged). The last reader
-// waits for the writers and untracks the connection. Per SSE stream the
+// (wsConn.awaitMessage), so they do not keep it inside coder/websocket. A
+// writer goroutine runs only while the queue has something to send, a ping
+// is due or the token expired (the queue's notify starts it); it writes a
+// burst corked (one system call) and ends when it has nothing left to do,
+// after Config.WriterLinger when the connection is busy (it sent messages
+// less than that before). The last reader waits for the writers and
+// untracks the connection. Per SSE stream the
 // handler's goroutine and a writer it waits for; a long poll runs its
 // subscription beside its wait. Serve waits for every connection it tracks
 // before returning.

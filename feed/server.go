@@ -93,6 +93,10 @@ type Config struct {
 	WriteTimeout time.Duration
 	// Heartbeat is the SSE comment and WebSocket ping interval. Zero: 15 s.
 	Heartbeat time.Duration
+	// WriterLinger is how long the writer goroutine of a busy WebSocket
+	// (one that had messages to send less than WriterLinger before) waits
+	// for more before it ends. Zero: 2 s.
+	WriterLinger time.Duration
 }
 
 func (c *Config) defaults() {
@@ -129,6 +133,9 @@ func (c *Config) defaults() {
 	if c.Heartbeat == 0 {
 		c.Heartbeat = 15 * time.Second
 	}
+	if c.WriterLinger == 0 {
+		c.WriterLinger = 2 * time.Second
+	}
 }
 
 // Server serves the change feed over WebSocket, SSE and long polling.
@@ -147,8 +154,9 @@ type Server struct {
 	conns map[*client]struct{} // guarded by mu: open streaming connections
 	wg    sync.WaitGroup       // streaming handlers and their writers
 
-	slow   atomic.Int64 // connections closed as slow consumers
-	asleep atomic.Int64 // WebSocket connections with no reader goroutine (in the poller)
+	slow    atomic.Int64 // connections closed as slow consumers
+	asleep  atomic.Int64 // WebSocket connections with no reader goroutine (in the poller)
+	writers atomic.Int64 // WebSocket writer goroutines running
 }
 
 // New returns a Server. Feed it the change stream with Emit (the listener's
@@ -604,6 +612,7 @@ func (s *Server) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintf(w, "# HELP pgfeed_subscriptions Live subscriptions.\n# TYPE pgfeed_subscriptions gauge\npgfeed_subscriptions %d\n", s.hub.index.Len())
 	fmt.Fprintf(w, "# HELP pgfeed_deliveries_total Changes handed to connection queues.\n# TYPE pgfeed_deliveries_total counter\npgfeed_deliveries_total %d\n", s.hub.delivered.Load())
 	fmt.Fprintf(w, "# HELP pgfeed_websockets_asleep WebSocket connections waiting for input with no goroutine.\n# TYPE pgfeed_websockets_asleep gauge\npgfeed_websockets_asleep %d\n", s.asleep.Load())
+	fmt.Fprintf(w, "# HELP pgfeed_websocket_writers WebSocket writer goroutines running.\n# TYPE pgfeed_websocket_writers gauge\npgfeed_websocket_writers %d\n", s.writers.Load())
 	fmt.Fprintf(w, "# HELP pgfeed_slow_consumers_total Connections closed because they fell behind.\n# TYPE pgfeed_slow_consumers_total counter\npgfeed_slow_consumers_total %d\n", s.slow.Load())
 	if r := s.hub.rls; r != nil {
 		fmt.Fprintf(w, "# HELP pgfeed_rls_checks_total Changes checked under row-level security, once per group of subscribers sharing table, role and claims (many per query when they pile up).\n# TYPE pgfeed_rls_checks_total counter\npgfeed_rls_checks_total %d\n", r.checks.Load())

@@ -336,3 +336,44 @@ func TestIdleWebSocketsSleep(t *testing.T) {
 	waitMetric("pgfeed_connections", 0)
 	waitMetric("pgfeed_websockets_asleep", 0)
 }
+
+// TestWritersEndWhenIdle: a connection that was only sent its "subscribed"
+// keeps no writer goroutine, however long writers linger; once changes flow
+// to it, its writer lingers for more; all end with the connections.
+func TestWritersEndWhenIdle(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode(feed.Config{WriterLinger: time.Hour})
+	waitMetric := func(name string, want int) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for n.metric(t, name) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s = %d, want %d", name, n.metric(t, name), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	const conns = 20
+	clients := make([]*rawWS, conns)
+	for i := range clients {
+		clients[i] = dialRaw(t, n.addr)
+		clients[i].send(t, `{"type":"subscribe","id":"s","table":"public.orders"}`)
+		if m := serverMessage(t, clients[i].r); m["type"] != "subscribed" {
+			t.Fatalf("client %d: %v", i, m)
+		}
+	}
+	waitMetric("pgfeed_websocket_writers", 0)
+	e.insertRows(1, 2)
+	for i, c := range clients {
+		if m := serverMessage(t, c.r); m["type"] != "change" || keyID(m) != 1 {
+			t.Fatalf("client %d: %v", i, m)
+		}
+	}
+	waitMetric("pgfeed_websocket_writers", conns)
+	for _, c := range clients {
+		c.c.Close()
+	}
+	waitMetric("pgfeed_connections", 0)
+	waitMetric("pgfeed_websocket_writers", 0)
+}
