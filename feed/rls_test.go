@@ -36,6 +36,18 @@ func (n *node) metric(t *testing.T, name string) int {
 	return v
 }
 
+// waitMetric polls the node's metric until it equals want, for up to 20 s.
+func (n *node) waitMetric(t *testing.T, name string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for n.metric(t, name) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %d, want %d", name, n.metric(t, name), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestRLS: PostgreSQL's row-level security, evaluated as each subscriber
 // (role claim, request.jwt.claims), decides; checks run once per change per
 // group of subscribers with the same claims; a policy that raises for one

@@ -291,17 +291,7 @@ func TestIdleWebSocketsSleep(t *testing.T) {
 			t.Fatalf("client %d: %v", i, m)
 		}
 	}
-	waitMetric := func(name string, want int) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for n.metric(t, name) != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s = %d, want %d", name, n.metric(t, name), want)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	waitMetric("pgfeed_websockets_asleep", conns)
+	n.waitMetric(t, "pgfeed_websockets_asleep", conns)
 	e.insertRows(1, 2)
 	for i, c := range clients {
 		if m := serverMessage(t, c.r); m["type"] != "change" || keyID(m) != 1 {
@@ -314,7 +304,7 @@ func TestIdleWebSocketsSleep(t *testing.T) {
 			t.Fatalf("client %d after sleeping: %v", i, m)
 		}
 	}
-	waitMetric("pgfeed_websockets_asleep", conns)
+	n.waitMetric(t, "pgfeed_websockets_asleep", conns)
 	// Protocol pings, as many client libraries send them, are answered
 	// with their payload and do not keep the connection awake.
 	for i, c := range clients {
@@ -329,12 +319,12 @@ func TestIdleWebSocketsSleep(t *testing.T) {
 			t.Fatalf("client %d: frame %x, want a pong with the ping's payload", i, f)
 		}
 	}
-	waitMetric("pgfeed_websockets_asleep", conns)
+	n.waitMetric(t, "pgfeed_websockets_asleep", conns)
 	for _, c := range clients {
 		c.c.Close()
 	}
-	waitMetric("pgfeed_connections", 0)
-	waitMetric("pgfeed_websockets_asleep", 0)
+	n.waitMetric(t, "pgfeed_connections", 0)
+	n.waitMetric(t, "pgfeed_websockets_asleep", 0)
 }
 
 // TestWritersEndWhenIdle: a connection that was only sent its "subscribed"
@@ -344,16 +334,6 @@ func TestWritersEndWhenIdle(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	n := e.startNode(feed.Config{WriterLinger: time.Hour})
-	waitMetric := func(name string, want int) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for n.metric(t, name) != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s = %d, want %d", name, n.metric(t, name), want)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
 	const conns = 20
 	clients := make([]*rawWS, conns)
 	for i := range clients {
@@ -363,17 +343,17 @@ func TestWritersEndWhenIdle(t *testing.T) {
 			t.Fatalf("client %d: %v", i, m)
 		}
 	}
-	waitMetric("pgfeed_websocket_writers", 0)
+	n.waitMetric(t, "pgfeed_websocket_writers", 0)
 	e.insertRows(1, 2)
 	for i, c := range clients {
 		if m := serverMessage(t, c.r); m["type"] != "change" || keyID(m) != 1 {
 			t.Fatalf("client %d: %v", i, m)
 		}
 	}
-	waitMetric("pgfeed_websocket_writers", conns)
+	n.waitMetric(t, "pgfeed_websocket_writers", conns)
 	for _, c := range clients {
 		c.c.Close()
 	}
-	waitMetric("pgfeed_connections", 0)
-	waitMetric("pgfeed_websocket_writers", 0)
+	n.waitMetric(t, "pgfeed_connections", 0)
+	n.waitMetric(t, "pgfeed_websocket_writers", 0)
 }

@@ -612,8 +612,15 @@ func TestNotifyOncePerTransaction(t *testing.T) {
 	if err := conn.QueryRow(ctx, `INSERT INTO n VALUES (101, 0) RETURNING pg_current_xact_id()::text`).Scan(&second); err != nil {
 		t.Fatal(err)
 	}
-	exec(t, conn, `NOTIFY pgfeed, 'marker'`)
+	mustEqual(t, "notifications", wakeUps(t, conn, listener), []string{first, second})
+}
 
+// wakeUps sends a marker notification through conn and returns the
+// payloads listener received on channel pgfeed before it.
+func wakeUps(t *testing.T, conn, listener *pgx.Conn) []string {
+	t.Helper()
+	ctx := context.Background()
+	exec(t, conn, `NOTIFY pgfeed, 'marker'`)
 	var payloads []string
 	for {
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -622,12 +629,11 @@ func TestNotifyOncePerTransaction(t *testing.T) {
 		if err != nil {
 			t.Fatalf("after %q: %v", payloads, err)
 		}
-		payloads = append(payloads, n.Payload)
 		if n.Payload == "marker" {
-			break
+			return payloads
 		}
+		payloads = append(payloads, n.Payload)
 	}
-	mustEqual(t, "notifications", payloads, []string{first, second, "marker"})
 }
 
 // TestAwakeFlagFollowsListeners: the sequence writers read holds the
@@ -754,17 +760,7 @@ func TestUnprivilegedWriter(t *testing.T) {
 		ops = append(ops, c.Op)
 	}
 	mustEqual(t, "ops", ops, []string{"insert", "update", "delete", "truncate"})
-	var payloads []string
-	for range xids {
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		n, err := listener.WaitForNotification(wctx)
-		cancel()
-		if err != nil {
-			t.Fatalf("after %q: %v", payloads, err)
-		}
-		payloads = append(payloads, n.Payload)
-	}
-	mustEqual(t, "notifications", payloads, xids)
+	mustEqual(t, "notifications", wakeUps(t, conn, listener), xids)
 }
 
 // TestStatementSizes: a statement of no row logs nothing and sends no
@@ -828,20 +824,8 @@ func TestStatementSizes(t *testing.T) {
 		}
 		mustEqual(t, step.sql, ids(changes(t, conn), step.op), step.ids)
 	}
-	// Six statements logged something: six wake-ups, then the marker.
-	exec(t, conn, `NOTIFY pgfeed, 'marker'`)
-	for i := 0; ; i++ {
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		n, err := listener.WaitForNotification(wctx)
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n.Payload == "marker" {
-			if i != 6 {
-				t.Errorf("%d wake-ups, want 6", i)
-			}
-			break
-		}
+	// Six statements (transactions) logged something: six wake-ups.
+	if n := len(wakeUps(t, conn, listener)); n != 6 {
+		t.Errorf("%d wake-ups, want 6", n)
 	}
 }
