@@ -829,3 +829,49 @@ func TestStatementSizes(t *testing.T) {
 		t.Errorf("%d wake-ups, want 6", n)
 	}
 }
+
+// TestWakeIgnoresSearchPath: pgfeed.wake() runs as its owner without a
+// search_path of its own, so a caller that may use schema pgfeed must not
+// be able to slip its own functions or operators into it.
+func TestWakeIgnoresSearchPath(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, url := newDB(t)
+	var role string
+	if err := conn.QueryRow(ctx, `SELECT 'caller_' || current_database()`).Scan(&role); err != nil {
+		t.Fatal(err)
+	}
+	quoted := pgx.Identifier{role}.Sanitize()
+	exec(t, conn, `CREATE ROLE `+quoted+` NOLOGIN`)
+	t.Cleanup(func() {
+		_, _ = pgtest.Connect(t, url).Exec(context.Background(), `DROP OWNED BY `+quoted+`; DROP ROLE `+quoted)
+	})
+	exec(t, conn, `GRANT USAGE ON SCHEMA pgfeed TO `+quoted)
+	exec(t, conn, `CREATE SCHEMA evil AUTHORIZATION `+quoted)
+	exec(t, conn, `SET ROLE `+quoted)
+	exec(t, conn, `CREATE FUNCTION evil.hijack() RETURNS text LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'hijacked as %', current_user; END $$`)
+	for _, f := range []string{
+		`current_setting(text, boolean) RETURNS text`,
+		`set_config(text, text, boolean) RETURNS text`,
+		`pg_sequence_last_value(regclass) RETURNS bigint`,
+		`clock_timestamp() RETURNS timestamptz`,
+		`pg_notify(text, text) RETURNS void`,
+		`pg_current_xact_id() RETURNS xid8`,
+	} {
+		name, ret, _ := strings.Cut(f, " RETURNS ")
+		exec(t, conn, `CREATE FUNCTION evil.`+name+` RETURNS `+ret+` LANGUAGE plpgsql AS $$ BEGIN PERFORM evil.hijack(); END $$`)
+	}
+	exec(t, conn, `CREATE FUNCTION evil.eq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN PERFORM evil.hijack(); END $$`)
+	exec(t, conn, `CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.eq)`)
+	exec(t, conn, `CREATE FUNCTION evil.gt(bigint, bigint) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN PERFORM evil.hijack(); END $$`)
+	exec(t, conn, `CREATE OPERATOR evil.> (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.gt)`)
+	exec(t, conn, `SET search_path = evil, pg_catalog`)
+	var woke bool
+	if err := conn.QueryRow(ctx, `SELECT pgfeed.wake()`).Scan(&woke); err != nil {
+		t.Fatalf("wake() with a hostile search_path: %v", err)
+	}
+	if !woke {
+		t.Error("wake() sent no wake-up with no listener awake")
+	}
+	exec(t, conn, `RESET search_path; RESET ROLE`)
+}

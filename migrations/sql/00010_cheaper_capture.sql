@@ -1,5 +1,5 @@
--- Capture costs the writer less: pgfeed.wake() is a plain function called
--- as an expression, and one-row statements skip the chunking.
+-- Capture costs the writer less: pgfeed.wake() is called as an expression
+-- and sets no search_path, and one-row statements skip the chunking.
 --
 -- Measured with a server-side loop of single-row INSERT transactions on a
 -- captured table (one backend, fsync off, so that only CPU counts): the
@@ -8,11 +8,11 @@
 -- ran a query through the executor, and wake(), being SECURITY DEFINER with
 -- its own search_path, pushed and popped a GUC level on every call, then
 -- ran `PERFORM set_config(...)` as a query of its own. Now wake() returns
--- whether it sent a wake-up, the capture functions assign its result (an
--- expression, evaluated without the executor), and it runs with its
--- caller's rights and search_path: its callers are the capture functions,
--- which run as pgfeed's owner with search_path = pg_catalog, pg_temp.
--- Nobody else may call it.
+-- whether it sent a wake-up, and the capture functions assign its result
+-- (an expression, evaluated without the executor). It stays SECURITY
+-- DEFINER, so that it reads the sequence as its owner whoever owns the
+-- capture functions, but sets no search_path: every name in it is
+-- qualified instead.
 --
 -- The statement-level captures also take a shortcut for the most common
 -- statement, one row: a look at the first two rows of the transition table,
@@ -25,25 +25,26 @@ DROP FUNCTION pgfeed.wake();
 
 -- +goose StatementBegin
 CREATE FUNCTION pgfeed.wake() RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     setting text;
 BEGIN
-    IF current_setting('pgfeed.woken', true) IS NOT DISTINCT FROM 'on' THEN
+    -- Every name is qualified: the function runs as its owner with its
+    -- caller's search_path.
+    IF pg_catalog.current_setting('pgfeed.woken', true) OPERATOR(pg_catalog.=) 'on' THEN
         RETURN false;
     END IF;
     -- Transaction-local: reset at commit or rollback (and with a
     -- rolled-back savepoint, together with the NOTIFY it discards).
-    setting := set_config('pgfeed.woken', 'on', true);
-    IF coalesce(pg_sequence_last_value('pgfeed.awake_until'::regclass), 0)
-       > (extract(epoch FROM clock_timestamp()) * 1000)::bigint THEN
+    setting := pg_catalog.set_config('pgfeed.woken', 'on', true);
+    IF coalesce(pg_catalog.pg_sequence_last_value('pgfeed.awake_until'::pg_catalog.regclass), 0)
+       OPERATOR(pg_catalog.>) (extract(epoch FROM pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000)::bigint THEN
         RETURN false; -- every listener is reading and will see the change
     END IF;
-    PERFORM pg_notify('pgfeed', pg_current_xact_id()::text);
+    PERFORM pg_catalog.pg_notify('pgfeed', pg_catalog.pg_current_xact_id()::pg_catalog.text);
     RETURN true;
 END $$;
 -- +goose StatementEnd
-REVOKE EXECUTE ON FUNCTION pgfeed.wake() FROM PUBLIC;
 COMMENT ON FUNCTION pgfeed.wake() IS 'pgfeed: wakes the listeners unless they promised to read (called by the capture functions only)';
 
 -- +goose StatementBegin
