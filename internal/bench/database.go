@@ -29,7 +29,7 @@ type database struct {
 type capture struct {
 	logical     bool
 	publication string // logical.publication; "" = the default
-	slot        string // logical.slot; "" = the default
+	slot        string // logical.slot, the default filled in
 }
 
 // captureFor reads the source from the server's settings (PGFEED_*
