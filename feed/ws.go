@@ -2,6 +2,7 @@ package feed
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -299,14 +300,19 @@ func (s *Server) wsError(c *client, id json.RawMessage, e *apiError) {
 
 var changePrefix = []byte(`{"type":"change","sub":`)
 
-// wsWrite writes one queued item as one frame. A change is framed as
-// {"type":"change","sub":"s1", + the shared event without its "{", copied
-// into buf (the writer's own, reused): one frame, so one flush and one
-// write system call per message (a streamed message costs a frame, and a
-// flush, per piece).
-// The socket's write deadline bounds the write.
-func (s *Server) wsWrite(conn *websocket.Conn, it item, buf *[]byte) error {
-	b := (*buf)[:0]
+// wsWrite writes one queued item to sock as one text frame, framed here
+// rather than by coder/websocket (which would copy the message once more,
+// into its buffer, and take its channel-based write lock for each): the
+// connection negotiates no extension (compression is off), a server's
+// frames are unmasked, and the writer is the only goroutine writing data
+// frames. One sock.Write per frame keeps frames whole against the control
+// frames others write. A change is framed as {"type":"change","sub":"s1",
+// + the shared event without its "{", copied into buf (the writer's own,
+// reused) after room for the longest header. The socket's write deadline
+// bounds the write.
+func (s *Server) wsWrite(sock io.Writer, it item, buf *[]byte) error {
+	const room = 10 // the longest header: opcode, 127, 8 length bytes
+	b := append((*buf)[:0], make([]byte, room)...)
 	switch {
 	case it.reset:
 		b = append(append(append(b, `{"type":"reset","sub":`...), it.sub...), `,"reason":"cursor_expired"}`...)
@@ -319,5 +325,22 @@ func (s *Server) wsWrite(conn *websocket.Conn, it item, buf *[]byte) error {
 	if cap(b) > 64<<10 {
 		*buf = nil // do not keep one huge message's buffer per connection
 	}
-	return conn.Write(context.Background(), websocket.MessageText, b)
+	n := len(b) - room
+	var h int
+	switch {
+	case n < 126:
+		h = 2
+		b[room-1] = byte(n)
+	case n < 1<<16:
+		h = 4
+		b[room-3] = 126
+		binary.BigEndian.PutUint16(b[room-2:room], uint16(n))
+	default:
+		h = room
+		b[1] = 127
+		binary.BigEndian.PutUint64(b[2:room], uint64(n))
+	}
+	b[room-h] = 0x81 // FIN, text
+	_, err := sock.Write(b[room-h:])
+	return err
 }

@@ -569,7 +569,7 @@ func (ws *wsConn) write() {
 			ws.sock.cork()
 			var err error
 			for _, it := range buf {
-				if err = ws.s.wsWrite(ws.conn, it, &frame); err != nil {
+				if err = ws.s.wsWrite(ws.sock, it, &frame); err != nil {
 					break
 				}
 			}

@@ -357,3 +357,25 @@ func TestWritersEndWhenIdle(t *testing.T) {
 	n.waitMetric(t, "pgfeed_connections", 0)
 	n.waitMetric(t, "pgfeed_websocket_writers", 0)
 }
+
+// TestMessageSizes: messages that need each form of the frame length (a
+// pong: under 126 bytes; changes: 126 to 65535, and more) reach a standard
+// client whole.
+func TestMessageSizes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode(feed.Config{})
+	c := n.dial(t, "")
+	c.subscribe(map[string]any{"id": "s", "table": "orders", "select": "id,status"})
+	for i, size := range []int{1, 60000, 70000, 200000} {
+		e.exec(`INSERT INTO orders (id, status) VALUES ($1, repeat('y', $2))`, i+1, size)
+		m := c.expectNext("s", "insert", i+1)
+		if got := m["new"].(map[string]any)["status"].(string); len(got) != size {
+			t.Errorf("row %d: status of %d bytes, want %d", i+1, len(got), size)
+		}
+	}
+	c.send(map[string]any{"type": "ping"})
+	if m := c.next(10 * time.Second); m["type"] != "pong" {
+		t.Errorf("ping: %v", m)
+	}
+}
