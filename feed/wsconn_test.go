@@ -275,6 +275,31 @@ func (w *rawWS) send(t *testing.T, msg string) {
 	}
 }
 
+// subscribedRaw opens count raw WebSocket connections to n, each
+// subscribed to public.orders.
+func subscribedRaw(t *testing.T, n *node, count int) []*rawWS {
+	t.Helper()
+	clients := make([]*rawWS, count)
+	for i := range clients {
+		clients[i] = dialRaw(t, n.addr)
+		clients[i].send(t, `{"type":"subscribe","id":"s","table":"public.orders"}`)
+		if m := serverMessage(t, clients[i].r); m["type"] != "subscribed" {
+			t.Fatalf("client %d: %v", i, m)
+		}
+	}
+	return clients
+}
+
+// expectRow1 reads the insert of row 1 from every client.
+func expectRow1(t *testing.T, clients []*rawWS) {
+	t.Helper()
+	for i, c := range clients {
+		if m := serverMessage(t, c.r); m["type"] != "change" || keyID(m) != 1 {
+			t.Fatalf("client %d: %v", i, m)
+		}
+	}
+}
+
 // TestIdleWebSocketsSleep: an idle connection keeps no goroutine (its
 // socket waits in the server's poller); changes still reach it, a message
 // or a ping wakes it, and a client that hangs up is torn down.
@@ -283,21 +308,10 @@ func TestIdleWebSocketsSleep(t *testing.T) {
 	e := newEnv(t)
 	n := e.startNode(feed.Config{})
 	const conns = 40
-	clients := make([]*rawWS, conns)
-	for i := range clients {
-		clients[i] = dialRaw(t, n.addr)
-		clients[i].send(t, `{"type":"subscribe","id":"s","table":"public.orders"}`)
-		if m := serverMessage(t, clients[i].r); m["type"] != "subscribed" {
-			t.Fatalf("client %d: %v", i, m)
-		}
-	}
+	clients := subscribedRaw(t, n, conns)
 	n.waitMetric(t, "pgfeed_websockets_asleep", conns)
 	e.insertRows(1, 2)
-	for i, c := range clients {
-		if m := serverMessage(t, c.r); m["type"] != "change" || keyID(m) != 1 {
-			t.Fatalf("client %d: %v", i, m)
-		}
-	}
+	expectRow1(t, clients)
 	for i, c := range clients {
 		c.send(t, `{"type":"ping"}`)
 		if m := serverMessage(t, c.r); m["type"] != "pong" {
@@ -335,21 +349,10 @@ func TestWritersEndWhenIdle(t *testing.T) {
 	e := newEnv(t)
 	n := e.startNode(feed.Config{WriterLinger: time.Hour})
 	const conns = 20
-	clients := make([]*rawWS, conns)
-	for i := range clients {
-		clients[i] = dialRaw(t, n.addr)
-		clients[i].send(t, `{"type":"subscribe","id":"s","table":"public.orders"}`)
-		if m := serverMessage(t, clients[i].r); m["type"] != "subscribed" {
-			t.Fatalf("client %d: %v", i, m)
-		}
-	}
+	clients := subscribedRaw(t, n, conns)
 	n.waitMetric(t, "pgfeed_websocket_writers", 0)
 	e.insertRows(1, 2)
-	for i, c := range clients {
-		if m := serverMessage(t, c.r); m["type"] != "change" || keyID(m) != 1 {
-			t.Fatalf("client %d: %v", i, m)
-		}
-	}
+	expectRow1(t, clients)
 	n.waitMetric(t, "pgfeed_websocket_writers", conns)
 	for _, c := range clients {
 		c.c.Close()
