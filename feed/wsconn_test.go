@@ -290,6 +290,17 @@ func subscribedRaw(t *testing.T, n *node, count int) []*rawWS {
 	return clients
 }
 
+// hangUp closes every client and waits until the server has no connection
+// left and metric is back to 0.
+func hangUp(t *testing.T, n *node, clients []*rawWS, metric string) {
+	t.Helper()
+	for _, c := range clients {
+		c.c.Close()
+	}
+	n.waitMetric(t, "pgfeed_connections", 0)
+	n.waitMetric(t, metric, 0)
+}
+
 // expectRow1 reads the insert of row 1 from every client.
 func expectRow1(t *testing.T, clients []*rawWS) {
 	t.Helper()
@@ -334,11 +345,7 @@ func TestIdleWebSocketsSleep(t *testing.T) {
 		}
 	}
 	n.waitMetric(t, "pgfeed_websockets_asleep", conns)
-	for _, c := range clients {
-		c.c.Close()
-	}
-	n.waitMetric(t, "pgfeed_connections", 0)
-	n.waitMetric(t, "pgfeed_websockets_asleep", 0)
+	hangUp(t, n, clients, "pgfeed_websockets_asleep")
 }
 
 // TestWritersEndWhenIdle: a connection that was only sent its "subscribed"
@@ -354,11 +361,7 @@ func TestWritersEndWhenIdle(t *testing.T) {
 	e.insertRows(1, 2)
 	expectRow1(t, clients)
 	n.waitMetric(t, "pgfeed_websocket_writers", conns)
-	for _, c := range clients {
-		c.c.Close()
-	}
-	n.waitMetric(t, "pgfeed_connections", 0)
-	n.waitMetric(t, "pgfeed_websocket_writers", 0)
+	hangUp(t, n, clients, "pgfeed_websocket_writers")
 }
 
 // TestMessageSizes: messages that need each form of the frame length (a

@@ -705,6 +705,23 @@ func TestCaptureInUTC(t *testing.T) {
 	}
 }
 
+// tempRole creates a role, named prefix + the database's name so that
+// parallel tests on one server do not collide, and drops it (and what it
+// owns in the database at url) when the test ends. It returns the name,
+// plain and quoted.
+func tempRole(t *testing.T, conn *pgx.Conn, url, prefix string) (role, quoted string) {
+	t.Helper()
+	if err := conn.QueryRow(context.Background(), `SELECT $1::text || current_database()`, prefix).Scan(&role); err != nil {
+		t.Fatal(err)
+	}
+	quoted = pgx.Identifier{role}.Sanitize()
+	exec(t, conn, `CREATE ROLE `+quoted+` NOLOGIN`)
+	t.Cleanup(func() {
+		_, _ = pgtest.Connect(t, url).Exec(context.Background(), `DROP OWNED BY `+quoted+`; DROP ROLE `+quoted)
+	})
+	return role, quoted
+}
+
 // TestUnprivilegedWriter: an application role with no rights on schema
 // pgfeed writes to a captured table; every change is logged and wakes the
 // listener, while the role itself can neither write the log nor call the
@@ -713,15 +730,7 @@ func TestUnprivilegedWriter(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	conn, url := newDB(t)
-	var role string
-	if err := conn.QueryRow(ctx, `SELECT 'writer_' || current_database()`).Scan(&role); err != nil {
-		t.Fatal(err)
-	}
-	quoted := pgx.Identifier{role}.Sanitize()
-	exec(t, conn, `CREATE ROLE `+quoted+` NOLOGIN`)
-	t.Cleanup(func() {
-		_, _ = pgtest.Connect(t, url).Exec(context.Background(), `DROP OWNED BY `+quoted+`; DROP ROLE `+quoted)
-	})
+	role, quoted := tempRole(t, conn, url, "writer_")
 	exec(t, conn, `CREATE TABLE w (id int PRIMARY KEY, v int)`)
 	if _, err := triggers.Enable(ctx, conn, "w"); err != nil {
 		t.Fatal(err)
@@ -837,15 +846,7 @@ func TestWakeIgnoresSearchPath(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	conn, url := newDB(t)
-	var role string
-	if err := conn.QueryRow(ctx, `SELECT 'caller_' || current_database()`).Scan(&role); err != nil {
-		t.Fatal(err)
-	}
-	quoted := pgx.Identifier{role}.Sanitize()
-	exec(t, conn, `CREATE ROLE `+quoted+` NOLOGIN`)
-	t.Cleanup(func() {
-		_, _ = pgtest.Connect(t, url).Exec(context.Background(), `DROP OWNED BY `+quoted+`; DROP ROLE `+quoted)
-	})
+	_, quoted := tempRole(t, conn, url, "caller_")
 	exec(t, conn, `GRANT USAGE ON SCHEMA pgfeed TO `+quoted)
 	exec(t, conn, `CREATE SCHEMA evil AUTHORIZATION `+quoted)
 	exec(t, conn, `SET ROLE `+quoted)
