@@ -585,8 +585,7 @@ func TestNotifyOncePerTransaction(t *testing.T) {
 	if _, err := triggers.Enable(ctx, conn, "n"); err != nil {
 		t.Fatal(err)
 	}
-	listener := pgtest.Connect(t, url)
-	exec(t, listener, `LISTEN pgfeed`)
+	listener := listenWakeUps(t, url)
 
 	tx, _ := conn.Begin(ctx)
 	for i := range 5 {
@@ -613,6 +612,15 @@ func TestNotifyOncePerTransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustEqual(t, "notifications", wakeUps(t, conn, listener), []string{first, second})
+}
+
+// listenWakeUps returns a connection listening on channel pgfeed, for
+// wakeUps.
+func listenWakeUps(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	listener := pgtest.Connect(t, url)
+	exec(t, listener, `LISTEN pgfeed`)
+	return listener
 }
 
 // wakeUps sends a marker notification through conn and returns the
@@ -736,8 +744,7 @@ func TestUnprivilegedWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	exec(t, conn, `GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON w TO `+quoted)
-	listener := pgtest.Connect(t, url)
-	exec(t, listener, `LISTEN pgfeed`)
+	listener := listenWakeUps(t, url)
 
 	exec(t, conn, `SET ROLE `+quoted)
 	var xids []string
@@ -783,8 +790,7 @@ func TestStatementSizes(t *testing.T) {
 	if _, err := triggers.Enable(ctx, conn, "s"); err != nil {
 		t.Fatal(err)
 	}
-	listener := pgtest.Connect(t, url)
-	exec(t, listener, `LISTEN pgfeed`)
+	listener := listenWakeUps(t, url)
 	logRows := func() (n int) {
 		t.Helper()
 		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pgfeed.changes`).Scan(&n); err != nil {
