@@ -80,6 +80,7 @@ func (a *app) benchLiveCmd(name, short, long string, subs, rate int, run liveBen
 	f.DurationVar(&o.Drain, "drain", 30*time.Second, "longest wait, after the last commit, for deliveries still on their way")
 	f.IntVar(&o.Dialers, "dialers", 64, "connections opened concurrently")
 	f.StringArray("set", nil, "a configuration value for the server under test, KEY=VALUE (e.g. trigger.notify_below=0); repeatable")
+	f.String("server", "", "another pgfeed binary to run as the server under test, to compare builds with the same clients (default: this one)")
 	return cmd
 }
 
@@ -108,6 +109,7 @@ each sample taken after the server was left alone for --settle.`,
 	f := cmd.Flags()
 	f.IntVar(&o.Connections, "connections", 10_000, "idle WebSocket connections, one subscription each")
 	f.StringArray("set", nil, "a configuration value for the server under test, KEY=VALUE; repeatable")
+	f.String("server", "", "another pgfeed binary to run as the server under test, to compare builds with the same clients (default: this one)")
 	f.DurationVar(&o.Settle, "settle", 5*time.Second, "time the server is left alone before each memory sample")
 	f.IntVar(&o.Dialers, "dialers", 64, "connections opened concurrently")
 	return cmd
@@ -181,7 +183,13 @@ func benchCommon(cmd *cobra.Command, o *bench.Options, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("find the pgfeed executable to run as the server: %w", err)
 	}
-	o.Server = exe
+	o.Server, o.Writer = exe, exe
+	if bin, _ := cmd.Flags().GetString("server"); bin != "" {
+		if fi, err := os.Stat(bin); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return &usageError{msg: fmt.Sprintf("--server %q: not an executable file", bin)}
+		}
+		o.Server = bin
+	}
 	o.Log = out
 	return nil
 }

@@ -17,8 +17,12 @@ import (
 // being run (see Latency, Fanout and Idle); only Server is required.
 type Options struct {
 	// Server is the pgfeed binary run as the server under test, as
-	// "<Server> serve". Required (`pgfeed bench` uses its own executable).
+	// "<Server> serve". Required (`pgfeed bench` uses its own executable,
+	// or the one --server names).
 	Server string
+	// Writer is the pgfeed binary run as the writer process, as "<Writer>
+	// bench writer". Zero: Server.
+	Writer string
 	// DatabaseURL names an existing database to run against. The bench
 	// installs pgfeed's schema there if needed, (re)creates the table
 	// public.bench_events, captures it, and drops the table at the end.
@@ -70,6 +74,9 @@ func (o *Options) logf(format string, args ...any) {
 func (o *Options) common() error {
 	if o.Server == "" {
 		return errors.New("bench: Options.Server (the pgfeed binary to run) is required")
+	}
+	if o.Writer == "" {
+		o.Writer = o.Server
 	}
 	if o.Warmup == 0 {
 		o.Warmup = 5 * time.Second
