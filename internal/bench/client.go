@@ -1,18 +1,24 @@
 package bench
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	crand "crypto/rand"
+	"crypto/sha1"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -27,9 +33,11 @@ var changePrefix = []byte(`{"type":"change",`)
 var keyPrefix = []byte(`"key":{"id":`)
 
 // subscriber is one WebSocket connection with one subscription to the
-// whole table, and what it received.
+// whole table, and what it received. The bench speaks the protocol itself
+// (RFC 6455, as a client: masked frames out, no extensions): it shares the
+// machine with the server it measures, so each message it receives should
+// cost it one read and no more (see reader).
 type subscriber struct {
-	conn  *websocket.Conn
 	epoch int64 // unix ns receipt times are relative to
 
 	subscribed chan struct{} // closed when "subscribed" arrives
@@ -40,14 +48,37 @@ type subscriber struct {
 	// read by anyone.
 	distinct atomic.Int64
 
-	// Written only by the reader goroutine; read by others only after done
-	// is closed.
+	sock socket // the connection, as the reader holds it
+
+	// Written only by whoever reads the connection (open until the reader
+	// has it); read by others only after done is closed.
+	in         []byte   // received bytes not yet parsed (a partial frame)
+	frag       []byte   // a fragmented message's payload so far
 	recv       []uint32 // per id: wall-clock microseconds since epoch + 1; 0 = not received
 	messages   int64    // change messages received
 	dups       int64    // change messages for an id already received
 	unexpected int64    // change messages for an id out of range or unparsable
 	problem    string   // the first error or reset message from the server; set once
 	endErr     error    // why the connection ended
+}
+
+// socket is what a subscriber's reader writes (pongs, the close
+// handshake's reply) and how others end the connection.
+type socket interface {
+	write(p []byte) error
+	// shutdown makes the reader see the end of the connection; safe from
+	// any goroutine, at any time, more than once.
+	shutdown()
+}
+
+// closeError is how the server closed the connection.
+type closeError struct {
+	code   int
+	reason string
+}
+
+func (e *closeError) Error() string {
+	return fmt.Sprintf("closed by the server: code %d, reason %q", e.code, e.reason)
 }
 
 // control is the part of a non-change message the bench looks at.
@@ -58,38 +89,44 @@ type control struct {
 	Reason  string `json:"reason"`
 }
 
-// dialer opens subscribers to one server.
+// dialer opens subscribers to one server, and reads them all.
 type dialer struct {
-	url   string
-	epoch int64 // unix ns
-	http  *http.Client
+	addr   string
+	epoch  int64 // unix ns
+	reader *reader
 }
 
-func newDialer(addr string, epoch time.Time) *dialer {
-	return &dialer{
-		url:   "ws://" + addr + "/v1/ws",
-		epoch: epoch.UnixNano(),
-		// Loopback only: no proxy. Upgraded connections leave the pool.
-		http: &http.Client{Transport: &http.Transport{Proxy: nil}},
+// newDialer returns a dialer; stop it once its subscribers have ended.
+func newDialer(addr string, epoch time.Time) (*dialer, error) {
+	r, err := newReader()
+	if err != nil {
+		return nil, err
 	}
+	return &dialer{addr: addr, epoch: epoch.UnixNano(), reader: r}, nil
 }
 
-// open dials, starts the reader and subscribes; it returns once the server
-// has confirmed the subscription. ids is the size of the receipt table
-// (0: no changes expected).
+// stop ends the reader, and with it every subscriber still connected.
+func (d *dialer) stop() { d.reader.stop() }
+
+// readLimit bounds one message from the server.
+const readLimit = 1 << 20
+
+// wsGUID is RFC 6455's key suffix for Sec-WebSocket-Accept.
+const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+// open dials, upgrades, subscribes and hands the connection to the reader;
+// it returns once the server has confirmed the subscription. ids is the
+// size of the receipt table (0: no changes expected).
 func (d *dialer) open(ctx context.Context, ids int) (*subscriber, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	conn, _, err := websocket.Dial(ctx, d.url, &websocket.DialOptions{
-		HTTPClient:      d.http,
-		CompressionMode: websocket.CompressionDisabled,
-	})
+	url := "ws://" + d.addr + "/v1/ws"
+	var nd net.Dialer
+	conn, err := nd.DialContext(ctx, "tcp", d.addr)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", d.url, err)
+		return nil, fmt.Errorf("dial %s: %w", url, err)
 	}
-	conn.SetReadLimit(1 << 20)
 	s := &subscriber{
-		conn:       conn,
 		epoch:      d.epoch,
 		subscribed: make(chan struct{}),
 		failed:     make(chan struct{}),
@@ -98,11 +135,12 @@ func (d *dialer) open(ctx context.Context, ids int) (*subscriber, error) {
 	if ids > 0 {
 		s.recv = make([]uint32, ids+1)
 	}
-	go s.read()
-	if err := conn.Write(ctx, websocket.MessageText, subscribeMessage); err != nil {
-		s.close()
-		<-s.done
-		return nil, fmt.Errorf("send subscribe: %w", err)
+	if err := s.upgrade(ctx, conn, d.addr); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("dial %s: %w", url, err)
+	}
+	if err := d.reader.add(s, conn); err != nil {
+		return nil, fmt.Errorf("dial %s: %w", url, err)
 	}
 	select {
 	case <-s.subscribed:
@@ -120,46 +158,191 @@ func (d *dialer) open(ctx context.Context, ids int) (*subscriber, error) {
 	}
 }
 
-// read receives messages until the connection ends. Reads use a context
-// without a deadline, so coder/websocket arms no timer per message; the
-// connection is ended by closing it. Receipts are timed with the wall clock,
-// which the writer process reads too.
-func (s *subscriber) read() {
-	defer close(s.done)
-	buf := make([]byte, 0, 1024)
+// upgrade makes the opening handshake on conn and sends the subscribe
+// message; what the server sent after its answer is left in s.in.
+func (s *subscriber) upgrade(ctx context.Context, conn net.Conn, host string) error {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+		defer conn.SetDeadline(time.Time{})
+	}
+	var k [16]byte
+	_, _ = crand.Read(k[:])
+	key := base64.StdEncoding.EncodeToString(k[:])
+	req := "GET /v1/ws HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: " + key + "\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	if _, err := conn.Write(append([]byte(req), clientFrame(opText, subscribeMessage)...)); err != nil {
+		return fmt.Errorf("send upgrade: %w", err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
+	if err != nil {
+		return fmt.Errorf("read upgrade answer: %w", err)
+	}
+	resp.Body.Close()
+	sum := sha1.Sum([]byte(key + wsGUID))
+	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != base64.StdEncoding.EncodeToString(sum[:]) {
+		return fmt.Errorf("upgrade refused: %s", resp.Status)
+	}
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		s.in = append(s.in, b...)
+	}
+	return nil
+}
+
+// WebSocket opcodes.
+const (
+	opContinuation = 0x0
+	opText         = 0x1
+	opClose        = 0x8
+	opPing         = 0x9
+	opPong         = 0xA
+)
+
+// clientFrame frames payload as one masked frame (a client's frames are
+// masked, RFC 6455 section 5.3).
+func clientFrame(op byte, payload []byte) []byte {
+	b := []byte{0x80 | op}
+	switch n := len(payload); {
+	case n < 126:
+		b = append(b, 0x80|byte(n))
+	case n < 1<<16:
+		b = binary.BigEndian.AppendUint16(append(b, 0x80|126), uint16(n))
+	default:
+		b = binary.BigEndian.AppendUint64(append(b, 0x80|127), uint64(n))
+	}
+	mask := rand.Uint32()
+	b = binary.BigEndian.AppendUint32(b, mask)
+	m := b[len(b)-4:]
+	for i, c := range payload {
+		b = append(b, c^m[i%4])
+	}
+	return b
+}
+
+// consume parses what the connection delivered at t: s.in (left over from
+// before) then p. It reports false when the connection is over: a close
+// frame came (the close is answered), or the stream broke the protocol
+// (s.endErr says which).
+func (s *subscriber) consume(p []byte, t time.Duration) bool {
+	buf := p
+	if len(s.in) > 0 {
+		s.in = append(s.in, p...)
+		buf = s.in
+	}
 	for {
-		_, r, err := s.conn.Reader(context.Background())
-		if err != nil {
-			s.endErr = err
-			return
+		n, ok := s.frame(buf, t)
+		if !ok {
+			return false
 		}
-		buf, err = readAll(r, buf[:0])
-		if err != nil {
-			s.endErr = err
-			return
+		if n == 0 {
+			break
 		}
-		if bytes.HasPrefix(buf, changePrefix) {
-			s.change(buf, time.Duration(time.Now().UnixNano()-s.epoch))
-			continue
+		buf = buf[n:]
+	}
+	// Keep the partial frame, in s.in's own storage.
+	s.in = append(s.in[:0], buf...)
+	if cap(s.in) > 64<<10 && len(s.in) < 1<<10 {
+		s.in = append([]byte(nil), s.in...)
+	}
+	return true
+}
+
+// frame handles the first frame of b, if b holds it whole, and returns its
+// length (0 when incomplete); false when the connection is over.
+func (s *subscriber) frame(b []byte, t time.Duration) (int, bool) {
+	if len(b) < 2 {
+		return 0, true
+	}
+	fin, op := b[0]&0x80 != 0, b[0]&0x0f
+	if b[0]&0x70 != 0 || b[1]&0x80 != 0 {
+		s.endErr = errors.New("protocol error: reserved bits or a masked frame from the server")
+		return 0, false
+	}
+	h, n := 2, uint64(b[1]&0x7f)
+	switch n {
+	case 126:
+		if len(b) < 4 {
+			return 0, true
 		}
-		var m control
-		if err := json.Unmarshal(buf, &m); err != nil {
-			s.setProblem(fmt.Sprintf("unreadable message %.200q", buf))
-			continue
+		h, n = 4, uint64(binary.BigEndian.Uint16(b[2:4]))
+	case 127:
+		if len(b) < 10 {
+			return 0, true
 		}
-		switch m.Type {
-		case "subscribed":
-			select {
-			case <-s.subscribed:
-				s.setProblem("a second \"subscribed\" message")
-			default:
-				close(s.subscribed)
+		h, n = 10, binary.BigEndian.Uint64(b[2:10])
+	}
+	if n > readLimit {
+		s.endErr = fmt.Errorf("a %d-byte frame, over the %d-byte limit", n, readLimit)
+		return 0, false
+	}
+	if uint64(len(b)-h) < n {
+		return 0, true
+	}
+	size := h + int(n)
+	payload := b[h:size]
+	switch op {
+	case opText, opContinuation:
+		if op == opText && s.frag != nil || op == opContinuation && s.frag == nil {
+			s.endErr = errors.New("protocol error: a fragmented message out of order")
+			return 0, false
+		}
+		if !fin || s.frag != nil {
+			s.frag = append(s.frag, payload...)
+			if len(s.frag) > readLimit {
+				s.endErr = fmt.Errorf("a message over the %d-byte limit", readLimit)
+				return 0, false
 			}
-		case "error":
-			s.setProblem(fmt.Sprintf("server error %s: %s", m.Code, m.Message))
-		case "reset":
-			s.setProblem("server reset the subscription: " + m.Reason)
+			if !fin {
+				return size, true
+			}
+			payload, s.frag = s.frag, nil
 		}
+		s.message(payload, t)
+	case opPing:
+		if err := s.sock.write(clientFrame(opPong, payload)); err != nil {
+			s.endErr = fmt.Errorf("send pong: %w", err)
+			return 0, false
+		}
+	case opPong:
+	case opClose:
+		ce := &closeError{code: 1005} // no status
+		if len(payload) >= 2 {
+			ce.code, ce.reason = int(binary.BigEndian.Uint16(payload)), string(payload[2:])
+		}
+		s.endErr = ce
+		_ = s.sock.write(clientFrame(opClose, payload[:min(len(payload), 2)]))
+		return 0, false
+	default:
+		s.endErr = fmt.Errorf("protocol error: opcode %#x", op)
+		return 0, false
+	}
+	return size, true
+}
+
+// message handles one whole text message received at t.
+func (s *subscriber) message(msg []byte, t time.Duration) {
+	if bytes.HasPrefix(msg, changePrefix) {
+		s.change(msg, t)
+		return
+	}
+	var m control
+	if err := json.Unmarshal(msg, &m); err != nil {
+		s.setProblem(fmt.Sprintf("unreadable message %.200q", msg))
+		return
+	}
+	switch m.Type {
+	case "subscribed":
+		select {
+		case <-s.subscribed:
+			s.setProblem("a second \"subscribed\" message")
+		default:
+			close(s.subscribed)
+		}
+	case "error":
+		s.setProblem(fmt.Sprintf("server error %s: %s", m.Code, m.Message))
+	case "reset":
+		s.setProblem("server reset the subscription: " + m.Reason)
 	}
 }
 
@@ -207,25 +390,12 @@ func parseID(msg []byte) (int64, bool) {
 	return id, n > 0
 }
 
-// readAll reads r to its end, appending to buf.
-func readAll(r io.Reader, buf []byte) ([]byte, error) {
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return buf, err
-		}
+// close ends the connection at once; the reader then ends.
+func (s *subscriber) close() {
+	if s.sock != nil {
+		s.sock.shutdown()
 	}
 }
-
-// close ends the connection at once; the reader then ends.
-func (s *subscriber) close() { _ = s.conn.CloseNow() }
 
 // ended reports whether the connection has ended.
 func (s *subscriber) ended() bool {
@@ -239,12 +409,12 @@ func (s *subscriber) ended() bool {
 
 // closeReason describes how the server ended the connection (after done).
 func (s *subscriber) closeReason() string {
-	var ce websocket.CloseError
+	var ce *closeError
 	if errors.As(s.endErr, &ce) {
-		if ce.Reason != "" {
-			return ce.Reason
+		if ce.reason != "" {
+			return ce.reason
 		}
-		return fmt.Sprintf("close code %d", int(ce.Code))
+		return fmt.Sprintf("close code %d", ce.code)
 	}
 	switch {
 	case s.endErr == nil:

@@ -47,7 +47,12 @@ func Idle(ctx context.Context, o Options) (_ *IdleReport, err error) {
 	}
 	o.logf("opening %d WebSocket connections with one subscription each", o.Connections)
 	start := time.Now()
-	subs, err := openAll(ctx, newDialer(srv.addr, start), o.Connections, 0, &o)
+	d, err := newDialer(srv.addr, start)
+	if err != nil {
+		return nil, err
+	}
+	defer d.stop()
+	subs, err := openAll(ctx, d, o.Connections, 0, &o)
 	if err != nil {
 		if done, how := srv.exited(); done {
 			return nil, fmt.Errorf("%w (the server exited: %s; %s)", err, how, srv.logNote())

@@ -94,7 +94,12 @@ func live(ctx context.Context, name string, o Options) (_ *LiveReport, err error
 
 	o.logf("opening %d WebSocket subscribers", o.Subscribers)
 	connStart := time.Now()
-	subs, err := openAll(ctx, newDialer(srv.addr, epoch), o.Subscribers, int(total), &o)
+	d, err := newDialer(srv.addr, epoch)
+	if err != nil {
+		return nil, err
+	}
+	defer d.stop()
+	subs, err := openAll(ctx, d, o.Subscribers, int(total), &o)
 	if err != nil {
 		if done, how := srv.exited(); done {
 			return nil, fmt.Errorf("%w (the server exited: %s; %s)", err, how, srv.logNote())
@@ -106,7 +111,7 @@ func live(ctx context.Context, name string, o Options) (_ *LiveReport, err error
 	o.logf("%d subscribers subscribed in %.2f s", o.Subscribers, rep.ConnectSeconds)
 
 	o.logf("writing %d changes at %d/s (%s warm-up, then %s measured) from a writer process", total, o.Rate, o.Warmup, o.Duration)
-	w, err := startWriter(o.Server, WriterConfig{DatabaseURL: db.url, Rate: o.Rate, Total: total, Writers: o.Writers}, epoch)
+	w, err := startWriter(o.Writer, WriterConfig{DatabaseURL: db.url, Rate: o.Rate, Total: total, Writers: o.Writers}, epoch)
 	if err != nil {
 		return nil, err
 	}
