@@ -24,13 +24,18 @@
 // hang-up or a close the writer wants starts a reader again
 // (wsConn.wakeReader), one at a time. Pongs, and pings (whose pongs the
 // writer sends), are handled in the reader's shallow wait
-// (wsConn.awaitMessage), so they do not keep it inside coder/websocket. A
-// writer goroutine runs only while the queue has something to send, a ping
-// is due or the token expired (the queue's notify starts it); it writes a
-// burst corked (one system call) and ends when it has nothing left to do,
-// after Config.WriterLinger when the connection is busy (it sent messages
-// less than that before). The last reader waits for the writers and
-// untracks the connection. Per SSE stream the
+// (wsConn.awaitMessage), so they do not keep it inside coder/websocket.
+// Live changes need no writer: once a batch is queued, the fan-out flushes
+// each WebSocket queue it filled (flushList, wsConn.flush), standing in for
+// the writer: it frames what the queue holds into one buffer and makes one
+// write that does not wait. A writer goroutine runs only for the rest:
+// what that write could not send, replies and replays, a batch big enough
+// to fill a queue faster (flushEarly), a ping due or an expired token (the
+// queue's notify starts it); it writes a burst corked (one system call)
+// and ends when it has nothing left to do, after Config.WriterLinger when
+// the connection is busy (it sent messages less than that before). The
+// flush and a writer never overlap (wsConn.writing). The last reader waits
+// for the writers and untracks the connection. Per SSE stream the
 // handler's goroutine and a writer it waits for; a long poll runs its
 // subscription beside its wait. Serve waits for every connection it tracks
 // before returning.
@@ -59,6 +64,8 @@
 // rlsGroup.mu, and neither is held while delivering. Server.mu guards only
 // the set of connections and is never held while taking another lock.
 // wsConn.mu is taken before queue.mu (a writer deciding to end checks the
-// queue under it); the queue calls notify after releasing queue.mu.
+// queue under it); the queue calls notify after releasing queue.mu, and the
+// fan-out flushes after releasing hub.mu. corkConn.mu, the socket's, is
+// taken last.
 // poller.mu is never held while taking another lock.
 package feed

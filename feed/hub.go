@@ -61,6 +61,10 @@ type hub struct {
 	tick atomic.Int64 // pos.Tick, readable without mu; 0 until started
 
 	delivered atomic.Int64 // changes handed to queues
+
+	// flushes lists the queues the batch being dispatched filled; only
+	// dispatch uses it (the listener emits from one goroutine).
+	flushes flushList
 }
 
 func newHub(log *slog.Logger, store Store, histMax, histMaxBytes, pendingMax int) *hub {
@@ -98,8 +102,16 @@ func (h *hub) position() (listener.Cursor, bool) {
 }
 
 // dispatch is the listener's emit: it fans one batch out. It never blocks on
-// a client.
+// a client: once the batch is queued (and the hub's lock released), each
+// WebSocket queue it filled is flushed with a write that does not wait.
 func (h *hub) dispatch(b listener.Batch) error {
+	h.fanOut(b)
+	h.flushes.flush()
+	return nil
+}
+
+// fanOut queues a batch's events for their subscriptions, under h.mu.
+func (h *hub) fanOut(b listener.Batch) {
 	events := make([]*event, 0, len(b.Changes))
 	for _, c := range b.Changes {
 		e, err := newEvent(c)
@@ -134,7 +146,7 @@ func (h *hub) dispatch(b listener.Batch) error {
 			sub := s.Value.(*subscription)
 			g := sub.group
 			if g == nil {
-				sub.deliver(e)
+				sub.deliver(e, &h.flushes)
 			} else {
 				// Through the group, even what needs no check, so that
 				// the subscription's changes keep their order.
@@ -148,7 +160,6 @@ func (h *hub) dispatch(b listener.Batch) error {
 	}
 	h.pos = listener.Cursor{Tick: b.Tick.ID + 1}
 	h.tick.Store(h.pos.Tick)
-	return nil
 }
 
 // remember appends e to the history, dropping the oldest events beyond the

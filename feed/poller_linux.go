@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sync"
 	"syscall"
+	"unsafe"
 )
 
 // poller watches the sockets of idle WebSocket connections with an epoll
@@ -154,4 +155,35 @@ func (p *poller) forget(ws *wsConn) {
 	p.mu.Lock()
 	delete(p.conns, ws.pollID)
 	p.mu.Unlock()
+}
+
+// writeNow makes one write of p to the socket without waiting, and returns
+// how much of p it took: 0 when its buffer is full. The socket is
+// non-blocking, so the write cannot park the thread: a raw system call,
+// since the runtime's system-call bookkeeping (and the monitor thread it
+// wakes) would cost more than the write on a busy fan-out. Through Control,
+// not RawConn.Write, which would refuse once the writer's last deadline has
+// passed; callers serialize their writes (corkConn.mu).
+func writeNow(raw syscall.RawConn, p []byte) (int, error) {
+	var n int
+	var werr error
+	err := raw.Control(func(fd uintptr) {
+		for {
+			r, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+			switch errno {
+			case 0:
+				n = int(r)
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+			default:
+				werr = errno
+			}
+			return
+		}
+	})
+	if err == nil {
+		err = werr
+	}
+	return n, err
 }

@@ -37,7 +37,18 @@ type queue struct {
 	// notify, when set (before the first push), is called instead of
 	// signalling ready: a WebSocket connection starts its writer then.
 	notify func()
-	space  chan struct{} // one token: the writer took items, so pushWait may go on
+	// flush, when set (with notify), lets the fan-out hand a batch's items
+	// over once the whole batch is queued, instead of notifying per item:
+	// pushFor lists the queue in the batch's flushList, whose flush calls
+	// it (a WebSocket connection then writes them at once, see
+	// wsConn.flush).
+	flush func(*flushBufs)
+	space chan struct{} // one token: the writer took items, so pushWait may go on
+
+	// listed is the fan-out's alone (the listener emits from one
+	// goroutine): the queue is in the flushList of the batch being
+	// dispatched.
+	listed bool
 }
 
 func newQueue(maxItems, maxBytes int) *queue {
@@ -72,7 +83,18 @@ func (q *queue) pushWait(done <-chan struct{}, it item) bool {
 
 // push adds it; it returns false (and closes the queue as slow_consumer)
 // when the queue is full, or false when the queue was already closed.
-func (q *queue) push(it item) bool {
+func (q *queue) push(it item) bool { return q.pushFor(it, nil) }
+
+// flushEarly is how many items a listed queue may collect before the
+// fan-out notifies it all the same: a big batch then starts the
+// connection's writer, which drains the queue while the fan-out fills it,
+// rather than overflowing it.
+const flushEarly = 64
+
+// pushFor is push for the fan-out: with fl, a queue that can be flushed is
+// listed in fl rather than notified, while it holds fewer than flushEarly
+// items; the fan-out flushes fl when the batch is queued.
+func (q *queue) pushFor(it item, fl *flushList) bool {
 	q.mu.Lock()
 	if q.closed != "" {
 		q.mu.Unlock()
@@ -87,8 +109,13 @@ func (q *queue) push(it item) bool {
 	}
 	q.items = append(q.items, it)
 	q.bytes += len(it.body)
+	early := len(q.items) >= flushEarly
 	q.mu.Unlock()
-	q.signal()
+	if fl != nil && q.flush != nil && !early {
+		fl.add(q)
+	} else {
+		q.signal()
+	}
 	return true
 }
 
@@ -163,9 +190,57 @@ func (q *queue) take(buf []item) ([]item, string) {
 	return buf, q.closed
 }
 
+// takeOpen is take for the fan-out's flush: it takes nothing from a closed
+// queue, whose close is the writer's to carry out, and reports whether the
+// queue is open.
+func (q *queue) takeOpen(buf []item) ([]item, bool) {
+	q.mu.Lock()
+	closed := q.closed != ""
+	q.mu.Unlock()
+	if closed {
+		return buf[:0], false
+	}
+	buf, _ = q.take(buf) // a close meanwhile is seen by the caller's idle check
+	return buf, true
+}
+
 // idle reports whether the queue is open and empty.
 func (q *queue) idle() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.items) == 0 && q.closed == ""
+}
+
+// flushList collects the queues that one batch filled, so that each is
+// flushed once, after the whole batch is queued. Only the fan-out uses it.
+type flushList struct {
+	queues []*queue
+	bufs   flushBufs
+}
+
+// flushBufs are the fan-out's reusable buffers for flushing.
+type flushBufs struct {
+	items []item
+	out   []byte
+}
+
+func (f *flushList) add(q *queue) {
+	if !q.listed {
+		q.listed = true
+		f.queues = append(f.queues, q)
+	}
+}
+
+// flush hands every listed queue its items, in the order the queues were
+// first filled.
+func (f *flushList) flush() {
+	for i, q := range f.queues {
+		q.listed = false
+		f.queues[i] = nil
+		q.flush(&f.bufs)
+	}
+	f.queues = f.queues[:0]
+	if cap(f.bufs.out) > 1<<20 {
+		f.bufs.out = nil // one huge batch need not keep its buffer
+	}
 }

@@ -181,7 +181,7 @@ func (g *rlsGroup) run() {
 			}
 			for _, s := range jobs[i].subs {
 				if rlsMatches(s.current(), e) {
-					s.deliver(e)
+					s.deliver(e, nil)
 				}
 			}
 		}

@@ -204,7 +204,8 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Emit hands one batch of the ordered stream to the fan-out. It is the
-// listener's emit function; it never blocks on a client.
+// listener's emit function, called from one goroutine, one batch at a time;
+// it never blocks on a client.
 func (s *Server) Emit(b listener.Batch) error { return s.hub.dispatch(b) }
 
 // Start tells the server where the stream starts (the listener's position

@@ -44,8 +44,9 @@ func (s *subscription) item(e *event, proj projection) item {
 }
 
 // deliver is called by the fan-out (or an RLS group) for every matching
-// live event.
-func (s *subscription) deliver(e *event) {
+// live event. The fan-out passes its batch's flushList (see
+// queue.pushFor); an RLS group nil.
+func (s *subscription) deliver(e *event, fl *flushList) {
 	if !s.after.Less(e.cursor) {
 		return
 	}
@@ -64,7 +65,7 @@ func (s *subscription) deliver(e *event) {
 		s.pending = append(s.pending, e)
 		return
 	}
-	if s.q.push(s.item(e, s.proj)) {
+	if s.q.pushFor(s.item(e, s.proj), fl) {
 		s.hub.delivered.Add(1)
 	} else {
 		s.stopped = true

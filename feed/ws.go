@@ -300,47 +300,53 @@ func (s *Server) wsError(c *client, id json.RawMessage, e *apiError) {
 
 var changePrefix = []byte(`{"type":"change","sub":`)
 
-// wsWrite writes one queued item to sock as one text frame, framed here
-// rather than by coder/websocket (which would copy the message once more,
-// into its buffer, and take its channel-based write lock for each): the
-// connection negotiates no extension (compression is off), a server's
-// frames are unmasked, and the writer is the only goroutine writing data
-// frames. One sock.Write per frame keeps frames whole against the control
-// frames others write. A change is framed as {"type":"change","sub":"s1",
-// + the shared event without its "{", copied into buf (the writer's own,
-// reused) after room for the longest header. The socket's write deadline
-// bounds the write.
+// wsWrite writes one queued item to sock as one text frame (appendFrame),
+// built in buf (the writer's own, reused). One sock.Write per frame keeps
+// frames whole against the control frames others write. The socket's write
+// deadline bounds the write.
 func (s *Server) wsWrite(sock io.Writer, it item, buf *[]byte) error {
-	const room = 10 // the longest header: opcode, 127, 8 length bytes
-	b := append((*buf)[:0], make([]byte, room)...)
-	switch {
-	case it.reset:
-		b = append(append(append(b, `{"type":"reset","sub":`...), it.sub...), `,"reason":"cursor_expired"}`...)
-	case it.change:
-		b = append(append(append(append(b, changePrefix...), it.sub...), ','), it.body[1:]...)
-	default:
-		b = append(b, it.body...)
-	}
+	b := appendFrame((*buf)[:0], it)
 	*buf = b
 	if cap(b) > 64<<10 {
 		*buf = nil // do not keep one huge message's buffer per connection
 	}
-	n := len(b) - room
-	var h int
+	_, err := sock.Write(b)
+	return err
+}
+
+var resetPrefix, resetSuffix = []byte(`{"type":"reset","sub":`), []byte(`,"reason":"cursor_expired"}`)
+
+// appendFrame appends one queued item to dst as one WebSocket text frame,
+// framed here rather than by coder/websocket (which would copy the message
+// once more, into its buffer, and take its channel-based write lock for
+// each): the connection negotiates no extension (compression is off), a
+// server's frames are unmasked, and only the connection's writer (or the
+// fan-out's flush standing in for it, see wsConn.flush) writes data frames.
+// A change is framed as {"type":"change","sub":"s1", + the shared event
+// without its "{".
+func appendFrame(dst []byte, it item) []byte {
+	var n int
+	switch {
+	case it.reset:
+		n = len(resetPrefix) + len(it.sub) + len(resetSuffix)
+	case it.change:
+		n = len(changePrefix) + len(it.sub) + len(it.body) // "," replaces the body's "{"
+	default:
+		n = len(it.body)
+	}
 	switch {
 	case n < 126:
-		h = 2
-		b[room-1] = byte(n)
+		dst = append(dst, 0x81, byte(n)) // FIN, text; the shortest length form
 	case n < 1<<16:
-		h = 4
-		b[room-3] = 126
-		binary.BigEndian.PutUint16(b[room-2:room], uint16(n))
+		dst = binary.BigEndian.AppendUint16(append(dst, 0x81, 126), uint16(n))
 	default:
-		h = room
-		b[1] = 127
-		binary.BigEndian.PutUint64(b[2:room], uint64(n))
+		dst = binary.BigEndian.AppendUint64(append(dst, 0x81, 127), uint64(n))
 	}
-	b[room-h] = 0x81 // FIN, text
-	_, err := sock.Write(b[room-h:])
-	return err
+	switch {
+	case it.reset:
+		return append(append(append(dst, resetPrefix...), it.sub...), resetSuffix...)
+	case it.change:
+		return append(append(append(append(dst, changePrefix...), it.sub...), ','), it.body[1:]...)
+	}
+	return append(dst, it.body...)
 }

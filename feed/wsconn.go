@@ -44,7 +44,8 @@ var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &
 type corkConn struct {
 	net.Conn
 	timeout time.Duration
-	rest    []byte // read by net/http before the hijack; the reader's alone
+	rest    []byte          // read by net/http before the hijack; the reader's alone
+	raw     syscall.RawConn // the socket, when a plain one: for sendNow and the poller
 
 	mu     sync.Mutex
 	corked bool    // guarded by mu
@@ -92,6 +93,34 @@ func (c *corkConn) send(p []byte) (int, error) {
 	return n, err
 }
 
+// sendNow sends p without waiting for the socket: what it cannot take now
+// stays corked, for the writer's uncork. It reports whether p went out
+// whole. While the socket is corked (a writer's burst, or what sendNow
+// left) p joins what waits, after it.
+func (c *corkConn) sendNow(p []byte) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return false, c.err
+	}
+	n := 0
+	if !c.corked && c.raw != nil {
+		var err error
+		if n, err = writeNow(c.raw, p); err != nil {
+			c.err = err
+			return false, err
+		}
+		if n == len(p) {
+			return true, nil
+		}
+	}
+	if !c.corked {
+		c.corked, c.buf = true, corkPool.Get().(*[]byte)
+	}
+	*c.buf = append(*c.buf, p[n:]...)
+	return false, nil
+}
+
 func (c *corkConn) cork() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -137,6 +166,18 @@ func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	w.sock = &corkConn{Conn: raw, timeout: w.timeout}
+	// Only a plain socket: a wrapper that buffers of its own would hide
+	// its reads from the poller, and take writes in another form.
+	var sc syscall.Conn
+	switch c := raw.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
+	}
+	if sc != nil {
+		w.sock.raw, _ = sc.SyscallConn()
+	}
 	if n := brw.Reader.Buffered(); n > 0 {
 		b, _ := brw.Reader.Peek(n)
 		w.sock.rest = bytes.Clone(b)
@@ -187,6 +228,7 @@ type wsConn struct {
 func newWSConn(s *Server, c *client) *wsConn {
 	ws := &wsConn{s: s, c: c, wake: make(chan struct{}, 1)}
 	c.q.notify = ws.kick // before anything can push to the queue
+	c.q.flush = ws.flush
 	return ws
 }
 
@@ -195,19 +237,9 @@ func newWSConn(s *Server, c *client) *wsConn {
 func (ws *wsConn) start(conn *websocket.Conn, sock *corkConn, br *bufio.Reader) {
 	ws.ctx, ws.cancel = context.WithCancel(context.Background())
 	ws.br = br
-	// Only a plain socket: a wrapper that buffers reads of its own would
-	// hide them from the poller.
-	var sc syscall.Conn
-	switch c := sock.Conn.(type) {
-	case *net.TCPConn:
-		sc = c
-	case *net.UnixConn:
-		sc = c
-	}
-	if sc != nil && ws.s.poller != nil {
-		if ws.raw, _ = sc.SyscallConn(); ws.raw != nil {
-			ws.s.poller.add(ws)
-		}
+	if sock.raw != nil && ws.s.poller != nil {
+		ws.raw = sock.raw
+		ws.s.poller.add(ws)
 	}
 	ws.rate = rateLimit{tokens: float64(2 * ws.s.cfg.SubscribeRate), last: time.Now()}
 	ws.mu.Lock()
@@ -489,6 +521,53 @@ func (ws *wsConn) kick() {
 	go ws.write()
 }
 
+// flush is the queue's flush (see flushList): the fan-out, once a batch is
+// queued, sends what the queue holds itself when no writer runs and
+// nothing but messages is due, framed into one buffer and written with one
+// system call that does not wait, on the fan-out's goroutine. So a change
+// costs no writer goroutine, wake-up or timer per connection. What the
+// socket cannot take at once stays corked, and a writer starts to send it,
+// under the write deadline as ever; a writer also starts for anything else
+// that is due (a ping, a close, an expired token, a failed write).
+func (ws *wsConn) flush(fb *flushBufs) {
+	ws.mu.Lock()
+	if ws.writing || ws.conn == nil || ws.ended || ws.pingDue || ws.pongDue || ws.expired || ws.closing != nil {
+		ws.mu.Unlock()
+		ws.kick()
+		return
+	}
+	// This goroutine is the connection's writer until it hands over.
+	ws.writing = true
+	ws.writers.Add(1)
+	ws.mu.Unlock()
+
+	items, open := ws.c.q.takeOpen(fb.items)
+	out := fb.out[:0]
+	for _, it := range items {
+		out = appendFrame(out, it)
+	}
+	clear(items)
+	fb.items, fb.out = items, out
+	sent, err := true, error(nil)
+	if len(out) > 0 {
+		sent, err = ws.sock.sendNow(out)
+	}
+
+	ws.mu.Lock()
+	select {
+	case <-ws.wake: // a kick meanwhile; the checks below see its cause
+	default:
+	}
+	if err == nil && sent && open && !ws.pingDue && !ws.pongDue && !ws.expired && ws.c.q.idle() {
+		ws.writing = false
+		ws.mu.Unlock()
+		ws.writers.Done()
+		return
+	}
+	ws.mu.Unlock()
+	go ws.write() // it inherits writing and the writers count
+}
+
 // write is the writer goroutine: it sends queued messages (corked: one
 // system call per burst), pings, and closes the connection when the queue
 // closes or the token expires. It ends when it has nothing to do, after
@@ -518,6 +597,12 @@ func (ws *wsConn) write() {
 		// Whatever the reader is doing for the client (a subscribe
 		// waiting on the database, a token check) is moot now.
 		ws.cancel()
+	}
+	// What the fan-out's flush could not send at once goes first.
+	if err := ws.sock.uncork(); err != nil {
+		stop()
+		ws.abort()
+		return
 	}
 	for {
 		ws.mu.Lock()

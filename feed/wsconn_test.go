@@ -349,8 +349,11 @@ func TestIdleWebSocketsSleep(t *testing.T) {
 }
 
 // TestWritersEndWhenIdle: a connection that was only sent its "subscribed"
-// keeps no writer goroutine, however long writers linger; once changes flow
-// to it, its writer lingers for more; all end with the connections.
+// keeps no writer goroutine, however long writers linger; nor does one sent
+// a trickle of changes, which the fan-out writes to the socket itself. A
+// transaction big enough to start the writer while the fan-out is still
+// queueing it does; the writer of a busy connection (one whose writer sent
+// changes before) then lingers for more; all end with the connections.
 func TestWritersEndWhenIdle(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -360,6 +363,20 @@ func TestWritersEndWhenIdle(t *testing.T) {
 	n.waitMetric(t, "pgfeed_websocket_writers", 0)
 	e.insertRows(1, 2)
 	expectRow1(t, clients)
+	if got := n.metric(t, "pgfeed_websocket_writers"); got != 0 {
+		t.Fatalf("pgfeed_websocket_writers = %v after a change, want 0: the fan-out sends it", got)
+	}
+	const rows = 100 // in one transaction: over flushEarly
+	for round := range 2 {
+		e.exec(`INSERT INTO orders (id, status) SELECT g, 'open' FROM generate_series($1::int, $2::int) g`, 2+round*rows, 1+(round+1)*rows)
+		for i, c := range clients {
+			for k := range rows {
+				if m := serverMessage(t, c.r); m["type"] != "change" || keyID(m) != 2+round*rows+k {
+					t.Fatalf("client %d, round %d: %v", i, round, m)
+				}
+			}
+		}
+	}
 	n.waitMetric(t, "pgfeed_websocket_writers", conns)
 	hangUp(t, n, clients, "pgfeed_websocket_writers")
 }
