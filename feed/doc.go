@@ -26,9 +26,12 @@
 // writer sends), are handled in the reader's shallow wait
 // (wsConn.awaitMessage), so they do not keep it inside coder/websocket.
 // Live changes need no writer: once a batch is queued, the fan-out flushes
-// each WebSocket queue it filled (flushList, wsConn.flush), standing in for
-// the writer: it frames what the queue holds into one buffer and makes one
-// write that does not wait. A writer goroutine runs only for the rest:
+// each WebSocket queue it filled, standing in for the connection's writer:
+// it frames what the queue holds into one buffer and makes one write that
+// does not wait (wsConn.flush). When the source is behind
+// (listener.Batch.Behind) it hands the queues to the flusher instead, a
+// goroutine that runs while there is something to flush, so that the
+// batches that come while it writes go out together. A writer goroutine runs only for the rest:
 // what that write could not send, replies and replays, a batch big enough
 // to fill a queue faster (flushEarly), a ping due or an expired token (the
 // queue's notify starts it); it writes a burst corked (one system call)
@@ -64,8 +67,8 @@
 // rlsGroup.mu, and neither is held while delivering. Server.mu guards only
 // the set of connections and is never held while taking another lock.
 // wsConn.mu is taken before queue.mu (a writer deciding to end checks the
-// queue under it); the queue calls notify after releasing queue.mu, and the
-// fan-out flushes after releasing hub.mu. corkConn.mu, the socket's, is
+// queue under it); the queue calls notify after releasing queue.mu; the
+// flusher holds no lock of the hub's. corkConn.mu, the socket's, is
 // taken last.
 // poller.mu is never held while taking another lock.
 package feed

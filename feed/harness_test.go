@@ -52,6 +52,20 @@ type env struct {
 	source string // "trigger" or "logical"
 	db     *pgx.Conn
 	pool   *pgxpool.Pool
+	// behind marks every batch the nodes emit Behind, as a source that
+	// has fallen behind does: the fan-out then flushes through its
+	// flusher goroutine. Set before starting nodes.
+	behind bool
+}
+
+// behindSource is a source whose batches all say Behind.
+type behindSource struct{ changeSource }
+
+func (s behindSource) Run(ctx context.Context, emit func(listener.Batch) error) error {
+	return s.changeSource.Run(ctx, func(b listener.Batch) error {
+		b.Behind = true
+		return emit(b)
+	})
 }
 
 const schema = `
@@ -233,6 +247,9 @@ func (e *env) runNode(cfg feed.Config, srv *feed.Server, src changeSource) *node
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if e.behind {
+		src = behindSource{src}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &node{addr: l.Addr().String(), srv: srv, cancel: cancel, done: make(chan struct{})}

@@ -62,9 +62,13 @@ type hub struct {
 
 	delivered atomic.Int64 // changes handed to queues
 
-	// flushes lists the queues the batch being dispatched filled; only
-	// dispatch uses it (the listener emits from one goroutine).
+	// flushes lists the queues the batch being dispatched filled, and bufs
+	// are for flushing them; only dispatch uses them (the listener emits
+	// from one goroutine). It flushes them itself, or hands them to
+	// flusher.
 	flushes flushList
+	bufs    flushBufs
+	flusher flusher
 }
 
 func newHub(log *slog.Logger, store Store, histMax, histMaxBytes, pendingMax int) *hub {
@@ -103,10 +107,17 @@ func (h *hub) position() (listener.Cursor, bool) {
 
 // dispatch is the listener's emit: it fans one batch out. It never blocks on
 // a client: once the batch is queued (and the hub's lock released), each
-// WebSocket queue it filled is flushed with a write that does not wait.
+// WebSocket queue it filled is flushed with a write that does not wait, by
+// dispatch itself, or by the flusher when the source is behind (or the
+// flusher still runs: the queues' order of turns is kept).
 func (h *hub) dispatch(b listener.Batch) error {
 	h.fanOut(b)
-	h.flushes.flush()
+	if b.Behind || h.flusher.busy() {
+		h.flusher.take(&h.flushes)
+	} else {
+		flushNow(h.flushes.queues, &h.bufs)
+		h.flushes.queues = h.flushes.queues[:0]
+	}
 	return nil
 }
 

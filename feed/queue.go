@@ -2,6 +2,7 @@ package feed
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/pgfeed/pgfeed/listener"
 )
@@ -39,16 +40,15 @@ type queue struct {
 	notify func()
 	// flush, when set (with notify), lets the fan-out hand a batch's items
 	// over once the whole batch is queued, instead of notifying per item:
-	// pushFor lists the queue in the batch's flushList, whose flush calls
-	// it (a WebSocket connection then writes them at once, see
+	// pushFor lists the queue in the batch's flushList, and the flusher
+	// calls it (a WebSocket connection then writes them at once, see
 	// wsConn.flush).
 	flush func(*flushBufs)
 	space chan struct{} // one token: the writer took items, so pushWait may go on
 
-	// listed is the fan-out's alone (the listener emits from one
-	// goroutine): the queue is in the flushList of the batch being
-	// dispatched.
-	listed bool
+	// listed is set while the queue waits in a flushList or the flusher's
+	// pending list; the flusher clears it before it calls flush.
+	listed atomic.Bool
 }
 
 func newQueue(maxItems, maxBytes int) *queue {
@@ -93,7 +93,7 @@ const flushEarly = 64
 
 // pushFor is push for the fan-out: with fl, a queue that can be flushed is
 // listed in fl rather than notified, while it holds fewer than flushEarly
-// items; the fan-out flushes fl when the batch is queued.
+// items; the fan-out hands fl to the flusher when the batch is queued.
 func (q *queue) pushFor(it item, fl *flushList) bool {
 	q.mu.Lock()
 	if q.closed != "" {
@@ -209,38 +209,4 @@ func (q *queue) idle() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.items) == 0 && q.closed == ""
-}
-
-// flushList collects the queues that one batch filled, so that each is
-// flushed once, after the whole batch is queued. Only the fan-out uses it.
-type flushList struct {
-	queues []*queue
-	bufs   flushBufs
-}
-
-// flushBufs are the fan-out's reusable buffers for flushing.
-type flushBufs struct {
-	items []item
-	out   []byte
-}
-
-func (f *flushList) add(q *queue) {
-	if !q.listed {
-		q.listed = true
-		f.queues = append(f.queues, q)
-	}
-}
-
-// flush hands every listed queue its items, in the order the queues were
-// first filled.
-func (f *flushList) flush() {
-	for i, q := range f.queues {
-		q.listed = false
-		f.queues[i] = nil
-		q.flush(&f.bufs)
-	}
-	f.queues = f.queues[:0]
-	if cap(f.bufs.out) > 1<<20 {
-		f.bufs.out = nil // one huge batch need not keep its buffer
-	}
 }

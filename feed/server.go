@@ -270,6 +270,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		err = hs.Close()
 	}
 	s.wg.Wait()
+	s.hub.flusher.wait()
 	if s.hub.rls != nil {
 		s.stopRLS()
 		s.hub.rls.wg.Wait()

@@ -521,14 +521,15 @@ func (ws *wsConn) kick() {
 	go ws.write()
 }
 
-// flush is the queue's flush (see flushList): the fan-out, once a batch is
-// queued, sends what the queue holds itself when no writer runs and
-// nothing but messages is due, framed into one buffer and written with one
-// system call that does not wait, on the fan-out's goroutine. So a change
-// costs no writer goroutine, wake-up or timer per connection. What the
-// socket cannot take at once stays corked, and a writer starts to send it,
-// under the write deadline as ever; a writer also starts for anything else
-// that is due (a ping, a close, an expired token, a failed write).
+// flush is the queue's flush (see flusher): once the fan-out has queued a
+// batch, the flusher sends what the queue holds itself, standing in for
+// the writer, when no writer runs and nothing but messages is due: framed
+// into one buffer and written with one system call that does not wait. So
+// a change costs no writer goroutine, wake-up or timer per connection.
+// What the socket cannot take at once stays corked, and a writer starts to
+// send it, under the write deadline as ever; a writer also starts for
+// anything else that is due (a ping, a close, an expired token, a failed
+// write).
 func (ws *wsConn) flush(fb *flushBufs) {
 	ws.mu.Lock()
 	if ws.writing || ws.conn == nil || ws.ended || ws.pingDue || ws.pongDue || ws.expired || ws.closing != nil {

@@ -110,6 +110,11 @@ type Batch struct {
 	// batch's own start; from the logical source it may be lower.)
 	From    Cursor
 	Changes []Change
+	// Behind is a hint: the source holds more of the stream already (the
+	// logical source: the next messages are buffered), so more batches
+	// follow at once. The feed then hands its writes to a goroutine of
+	// their own, where the batches that come meanwhile go out together.
+	Behind bool
 }
 
 // CreateTick records a new tick when a transaction has committed changes

@@ -488,6 +488,7 @@ func (l *Logical) handleCopyData(ctx context.Context, conn *pgconn.PgConn, data 
 		b.From = Cursor{Tick: int64(l.emitted)}
 		l.mu.Unlock()
 		if len(b.Changes) > 0 && !dup {
+			b.Behind = conn.Frontend().ReadBufferLen() > 0
 			if err := emit(b); err != nil {
 				return &endError{err: fmt.Errorf("emit transaction %s: %w", commit, err)}
 			}
