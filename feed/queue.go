@@ -93,7 +93,8 @@ const flushEarly = 64
 
 // pushFor is push for the fan-out: with fl, a queue that can be flushed is
 // listed in fl rather than notified, while it holds fewer than flushEarly
-// items; the fan-out hands fl to the flusher when the batch is queued.
+// items; the fan-out flushes fl (itself or through the flusher) once the
+// batch is queued.
 func (q *queue) pushFor(it item, fl *flushList) bool {
 	q.mu.Lock()
 	if q.closed != "" {
