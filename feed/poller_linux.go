@@ -116,7 +116,7 @@ func (p *poller) add(ws *wsConn) {
 // keeps no state of its own (a reader woken by a close may call it while
 // the one that fell asleep is still returning).
 func (p *poller) watch(ws *wsConn) error {
-	if ws.raw == nil || ws.pollID == 0 {
+	if ws.pollID == 0 { // not added: no plain socket, or no poller
 		return errors.New("socket not pollable")
 	}
 	p.mu.Lock()
@@ -131,7 +131,7 @@ func (p *poller) watch(ws *wsConn) error {
 		Pad:    int32(uint32(ws.pollID >> 32)),
 	}
 	var cerr error
-	err := ws.raw.Control(func(fd uintptr) {
+	err := ws.sock.raw.Control(func(fd uintptr) {
 		// Registered once, re-armed after: MOD, or ADD the first time.
 		cerr = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
 		if errors.Is(cerr, syscall.ENOENT) {

@@ -177,6 +177,23 @@ func (q *queue) close(reason string) {
 func (q *queue) take(buf []item) ([]item, string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	return q.takeLocked(buf), q.closed
+}
+
+// takeOpen is take for the fan-out's flush: it takes nothing from a closed
+// queue, whose close is the writer's to carry out, and reports whether the
+// queue is open.
+func (q *queue) takeOpen(buf []item) ([]item, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed != "" {
+		return buf[:0], false
+	}
+	return q.takeLocked(buf), true
+}
+
+// takeLocked is take's work, with q.mu held.
+func (q *queue) takeLocked(buf []item) []item {
 	buf = append(buf[:0], q.items...)
 	clear(q.items)
 	q.items = q.items[:0]
@@ -188,21 +205,7 @@ func (q *queue) take(buf []item) ([]item, string) {
 	case q.space <- struct{}{}:
 	default:
 	}
-	return buf, q.closed
-}
-
-// takeOpen is take for the fan-out's flush: it takes nothing from a closed
-// queue, whose close is the writer's to carry out, and reports whether the
-// queue is open.
-func (q *queue) takeOpen(buf []item) ([]item, bool) {
-	q.mu.Lock()
-	closed := q.closed != ""
-	q.mu.Unlock()
-	if closed {
-		return buf[:0], false
-	}
-	buf, _ = q.take(buf) // a close meanwhile is seen by the caller's idle check
-	return buf, true
+	return buf
 }
 
 // idle reports whether the queue is open and empty.

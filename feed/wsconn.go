@@ -195,7 +195,6 @@ type wsConn struct {
 	conn *websocket.Conn // set once by start, under mu
 	sock *corkConn       // likewise
 	br   *bufio.Reader   // set by start: conn's read buffer; only the reader uses it
-	raw  syscall.RawConn // set by start: the socket, for the poller; nil when not pollable
 
 	// The reader's own, kept while it sleeps.
 	rate   rateLimit     // subscribe messages' token bucket
@@ -238,7 +237,6 @@ func (ws *wsConn) start(conn *websocket.Conn, sock *corkConn, br *bufio.Reader) 
 	ws.ctx, ws.cancel = context.WithCancel(context.Background())
 	ws.br = br
 	if sock.raw != nil && ws.s.poller != nil {
-		ws.raw = sock.raw
 		ws.s.poller.add(ws)
 	}
 	ws.rate = rateLimit{tokens: float64(2 * ws.s.cfg.SubscribeRate), last: time.Now()}
