@@ -93,6 +93,11 @@ type Config struct {
 	WriteTimeout time.Duration
 	// Heartbeat is the SSE comment and WebSocket ping interval. Zero: 15 s.
 	Heartbeat time.Duration
+	// PongWait is how long a WebSocket ping may go unanswered before the
+	// client counts as gone and is disconnected; it is checked when a ping
+	// is due. Zero: Heartbeat, and at least 5 s, so that a loaded server,
+	// late to read its own sockets, does not drop clients that answered.
+	PongWait time.Duration
 	// WriterLinger is how long the writer goroutine of a busy WebSocket
 	// (one that had messages to send less than WriterLinger before) waits
 	// for more before it ends. Zero: 2 s.
@@ -132,6 +137,9 @@ func (c *Config) defaults() {
 	}
 	if c.Heartbeat == 0 {
 		c.Heartbeat = 15 * time.Second
+	}
+	if c.PongWait == 0 {
+		c.PongWait = max(c.Heartbeat, 5*time.Second)
 	}
 	if c.WriterLinger == 0 {
 		c.WriterLinger = 2 * time.Second

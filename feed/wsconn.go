@@ -213,7 +213,8 @@ type wsConn struct {
 	pingDue  bool        // guarded by mu
 	pongDue  bool        // guarded by mu: a client's ping awaits its pong
 	pongData []byte      // guarded by mu: that ping's payload
-	unponged bool        // guarded by mu: the last ping has had no pong yet
+	unponged bool        // guarded by mu: a ping has had no pong yet
+	pingSent time.Time   // guarded by mu: when the oldest unanswered ping was sent
 	lastTurn time.Time   // guarded by mu: when the last writer that sent messages ended
 	parked   bool        // guarded by mu: the reader waits in awaitMessage, outside coder/websocket
 	asleep   bool        // guarded by mu: no reader runs; the poller wakes one on input
@@ -625,11 +626,13 @@ func (ws *wsConn) write() {
 		if ping {
 			// A ping of our own (coder/websocket's Ping waits for the
 			// pong, which the reader takes out of the stream; see
-			// awaitMessage): a peer that has not answered the last one in
-			// a whole Heartbeat is gone.
+			// awaitMessage): a peer that has left one unanswered for
+			// Config.PongWait is gone.
 			ws.mu.Lock()
-			dead := ws.unponged
-			ws.unponged = true
+			dead := ws.unponged && time.Since(ws.pingSent) >= ws.s.cfg.PongWait
+			if !ws.unponged {
+				ws.unponged, ws.pingSent = true, time.Now()
+			}
 			ws.mu.Unlock()
 			if dead {
 				stop()

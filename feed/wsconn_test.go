@@ -182,7 +182,7 @@ func TestWebSocketPing(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	const beat = 100 * time.Millisecond
-	n := e.startNode(feed.Config{Heartbeat: beat})
+	n := e.startNode(feed.Config{Heartbeat: beat, PongWait: beat})
 	w := dialRaw(t, n.addr)
 	c, r := w.c, w.r
 	// A pong with a payload, masked as a client sends it.
@@ -232,6 +232,69 @@ func TestWebSocketPing(t *testing.T) {
 	}
 	if d := time.Since(start); d > 10*beat {
 		t.Errorf("closed %v after the unanswered ping, want about %v", d, beat)
+	}
+}
+
+// TestWebSocketLatePong: a client whose pongs come later than a heartbeat
+// but within Config.PongWait (a busy client, or a busy server late to read
+// them) stays connected; one that stops answering is closed, not before
+// PongWait has passed since its last pong.
+func TestWebSocketLatePong(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const beat, wait = 50 * time.Millisecond, 600 * time.Millisecond
+	n := e.startNode(feed.Config{Heartbeat: beat, PongWait: wait})
+	w := dialRaw(t, n.addr)
+	pong := []byte{0x8A, 0x80, 1, 2, 3, 4}
+	// nextFrame reads one server frame, returning its first byte and
+	// payload.
+	nextFrame := func() (byte, []byte) {
+		t.Helper()
+		var h [2]byte
+		if _, err := io.ReadFull(w.r, h[:]); err != nil {
+			t.Fatalf("reading a frame: %v", err)
+		}
+		if h[1] > 125 {
+			t.Fatalf("frame header %x: want a short frame", h)
+		}
+		p := make([]byte, h[1])
+		if _, err := io.ReadFull(w.r, p); err != nil {
+			t.Fatalf("reading a frame: %v", err)
+		}
+		return h[0], p
+	}
+	// Answer every fourth ping only: each answered one waited about
+	// three heartbeats.
+	var lastPong time.Time
+	for pings := 1; pings <= 16; {
+		if op, _ := nextFrame(); op != 0x89 {
+			t.Fatalf("frame %x, want a ping", op)
+		}
+		if pings%4 == 0 {
+			if _, err := w.c.Write(pong); err != nil {
+				t.Fatal(err)
+			}
+			lastPong = time.Now()
+		}
+		pings++
+	}
+	w.send(t, `{"type":"ping"}`)
+	for {
+		op, p := nextFrame()
+		if op == 0x89 {
+			continue
+		}
+		if op != 0x81 || string(p) != `{"type":"pong"}` {
+			t.Fatalf("frame %x %q, want the pong message", op, p)
+		}
+		break
+	}
+	// Silence.
+	if _, err := io.ReadAll(w.r); err != nil {
+		t.Fatalf("waiting for the close: %v", err)
+	}
+	if d := time.Since(lastPong); d < wait {
+		t.Errorf("closed %v after the last pong, before PongWait (%v)", d, wait)
 	}
 }
 
