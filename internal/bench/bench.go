@@ -314,6 +314,12 @@ type LiveReport struct {
 
 	// Latency covers the changes of the measured window, every subscriber.
 	Latency LatencyStats `json:"latency_ms"`
+	// FirstReceipt is, per change of the measured window, the latency of
+	// its first receipt by any subscriber: the source's pickup and the
+	// server's dispatch. Spread is each receipt's delay after that first
+	// one: the fan-out's share of Latency.
+	FirstReceipt LatencyStats `json:"first_receipt_ms"`
+	Spread       LatencyStats `json:"spread_ms"`
 
 	// Lost is the sum over subscribers of committed changes provably
 	// skipped: missing although a change committed after them arrived.
@@ -358,6 +364,8 @@ func (r *LiveReport) WriteText(w io.Writer) {
 		fmt.Fprintf(w, "  latency:     no samples: none of the measured window's changes arrived\n")
 	} else {
 		fmt.Fprintf(w, "  latency:     %s\n", r.Latency)
+		fmt.Fprintf(w, "    first:     %s (per change, its first receipt)\n", r.FirstReceipt)
+		fmt.Fprintf(w, "    spread:    %s (each receipt after the change's first)\n", r.Spread)
 	}
 	if r.Latency.Early > 0 {
 		fmt.Fprintf(w, "               %d receipts came before the writer saw COMMIT return (counted as negative latency)\n", r.Latency.Early)

@@ -230,6 +230,10 @@ func TestAnalyzeLoss(t *testing.T) {
 		t.Errorf("committed %d, lost %d, undelivered %d, received %d..%d, samples %d; want 4, 3, 3, 2..4, 10",
 			rep.Committed, rep.Lost, rep.Undelivered, rep.ReceivedMin, rep.ReceivedMax, rep.Latency.Samples)
 	}
+	// Every receipt at 20 ms: change 1 committed at 3 ms, 2 at 4 ms, ...
+	if f, sp := rep.FirstReceipt, rep.Spread; f.Samples != 4 || f.Min != 7 || f.Max != 17 || sp.Samples != 10 || sp.Max != 0 {
+		t.Errorf("first receipt %+v, spread %+v; want 4 samples of 7..17 ms, 10 of 0", f, sp)
+	}
 	if len(rep.Problems) == 0 || !strings.Contains(rep.Problems[0], "subscriber 2 lacks ids 2") {
 		t.Errorf("problems %q", rep.Problems)
 	}

@@ -342,8 +342,7 @@ func analyze(rep *LiveReport, w *writerProc, subs []*subscriber, warmupIDs int64
 				inWindow++
 			}
 			if id > warmupIDs {
-				lat := (at - c) / time.Microsecond
-				samples = append(samples, int32(max(min(lat, math.MaxInt32), math.MinInt32)))
+				samples = append(samples, clampInt32(int64((at-c)/time.Microsecond)))
 			}
 		}
 		rep.ReceivedMin = min(rep.ReceivedMin, distinct)
@@ -364,6 +363,7 @@ func analyze(rep *LiveReport, w *writerProc, subs []*subscriber, warmupIDs int64
 	}
 	rep.EndSeconds = seconds(end - lastCommit)
 	rep.Latency = latencyStats(samples)
+	rep.FirstReceipt, rep.Spread = splitLatency(commits, subs, warmupIDs)
 
 	if rep.Lost > 0 {
 		rep.Problems = append(rep.Problems, fmt.Sprintf("%d changes lost (missing although a later-committed change arrived): %d of %d subscribers; subscriber %d lacks ids %s",
@@ -409,6 +409,37 @@ func joinIDs(ids []int64) string {
 }
 
 // latencyStats summarizes latencies in microseconds, in milliseconds.
+// splitLatency splits the latency of the changes after the warm-up in two:
+// from COMMIT to the change's first receipt by any subscriber (the source's
+// pickup and the server's dispatch), and from that first receipt to each
+// receipt (the fan-out's spread, 0 for the first subscriber).
+func splitLatency(commits []time.Duration, subs []*subscriber, warmupIDs int64) (first, spread LatencyStats) {
+	var firsts, spreads []int32
+	for id := warmupIDs + 1; id < int64(len(commits)); id++ {
+		if commits[id] == 0 {
+			continue
+		}
+		earliest := int64(math.MaxInt64) // microseconds since the epoch
+		for _, s := range subs {
+			if id < int64(len(s.recv)) && s.recv[id] != 0 {
+				earliest = min(earliest, int64(s.recv[id])-1)
+			}
+		}
+		if earliest == math.MaxInt64 {
+			continue
+		}
+		firsts = append(firsts, clampInt32(earliest-int64(commits[id]/time.Microsecond)))
+		for _, s := range subs {
+			if id < int64(len(s.recv)) && s.recv[id] != 0 {
+				spreads = append(spreads, clampInt32(int64(s.recv[id])-1-earliest))
+			}
+		}
+	}
+	return latencyStats(firsts), latencyStats(spreads)
+}
+
+func clampInt32(v int64) int32 { return int32(max(min(v, math.MaxInt32), math.MinInt32)) }
+
 func latencyStats(us []int32) LatencyStats {
 	var l LatencyStats
 	if len(us) == 0 {
