@@ -81,6 +81,7 @@ func (a *app) benchLiveCmd(name, short, long string, subs, rate int, run liveBen
 	f.IntVar(&o.Dialers, "dialers", 64, "connections opened concurrently")
 	f.StringArray("set", nil, "a configuration value for the server under test, KEY=VALUE (e.g. trigger.notify_below=0); repeatable")
 	f.String("server", "", "another pgfeed binary to run as the server under test, to compare builds with the same clients (default: this one)")
+	f.String("centrifugo", "", "a Centrifugo binary to measure instead of pgfeed, fed through its PostgreSQL outbox, with the same writer and clients")
 	return cmd
 }
 
@@ -189,6 +190,15 @@ func benchCommon(cmd *cobra.Command, o *bench.Options, out io.Writer) error {
 			return &usageError{msg: fmt.Sprintf("--server %q: not an executable file", bin)}
 		}
 		o.Server = bin
+	}
+	if bin, _ := cmd.Flags().GetString("centrifugo"); bin != "" {
+		if fi, err := os.Stat(bin); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return &usageError{msg: fmt.Sprintf("--centrifugo %q: not an executable file", bin)}
+		}
+		if len(o.Settings) > 0 || cmd.Flags().Changed("server") {
+			return &usageError{msg: "--centrifugo measures Centrifugo: --set and --server, which configure the pgfeed server, do not apply"}
+		}
+		o.Centrifugo = bin
 	}
 	o.Log = out
 	return nil

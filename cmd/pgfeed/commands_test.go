@@ -38,6 +38,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"migrate", "up", "--no-such-flag"}, "unknown flag: --no-such-flag"},
 		{[]string{"--no-such-flag"}, "unknown flag: --no-such-flag"},
 		{[]string{"version", "--database-url"}, "flag needs an argument"},
+		{[]string{"bench", "latency", "--centrifugo", "/nonexistent/centrifugo"}, `--centrifugo "/nonexistent/centrifugo": not an executable file`},
+		{[]string{"bench", "fanout", "--centrifugo", "/bin/true", "--set", "source=logical"}, "--set and --server, which configure the pgfeed server, do not apply"},
 	}
 	for _, tt := range tests {
 		r := pgfeed(t, tt.args...)

@@ -54,6 +54,12 @@ type Options struct {
 	// sample, for its garbage collector to settle (Idle). Zero: 5 s.
 	Settle time.Duration
 
+	// Centrifugo is a Centrifugo binary to measure instead of pgfeed
+	// (Latency, Fanout): the same writer, clients and analysis, with the
+	// bench table's rows reaching Centrifugo through its PostgreSQL outbox
+	// (see centrifugo.go). Server still runs the writer. Empty: pgfeed.
+	Centrifugo string
+
 	// Settings are configuration values for the server under test, as
 	// PGFEED_* environment variables ("PGFEED_TRIGGER_NOTIFY_BELOW=0").
 	Settings []string

@@ -164,18 +164,64 @@ func TestParseID(t *testing.T) {
 		{`{"type":"change","key":{"id":1234567890123456789012}}`, 0, false},
 	}
 	for _, tt := range tests {
-		id, ok := parseID([]byte(tt.msg))
+		id, ok := parseID([]byte(tt.msg), keyPrefix)
 		if id != tt.id || ok != tt.want {
 			t.Errorf("parseID(%s) = %d, %v; want %d, %v", tt.msg, id, ok, tt.id, tt.want)
 		}
 	}
 }
 
+// sentFrames is a socket that keeps what is written to it.
+type sentFrames struct{ frames [][]byte }
+
+func (s *sentFrames) write(p []byte) error {
+	s.frames = append(s.frames, bytes.Clone(p))
+	return nil
+}
+
+func (s *sentFrames) shutdown() {}
+
+// TestCentrifugoMessages: Centrifugo's replies confirm the subscription,
+// its pushes (several lines in one message) count as changes of the row
+// their data names, and its ping is answered.
+func TestCentrifugoMessages(t *testing.T) {
+	sock := &sentFrames{}
+	s := &subscriber{centrifugo: true, subscribed: make(chan struct{}), failed: make(chan struct{}), recv: make([]uint32, 10), sock: sock}
+	s.message([]byte(`{"id":1,"connect":{"client":"c","version":"0.0.0 OSS","ping":25,"pong":true}}`+"\n"+`{"id":2,"subscribe":{}}`), time.Millisecond)
+	select {
+	case <-s.subscribed:
+	default:
+		t.Fatalf("not subscribed; problem %q", s.problem)
+	}
+	s.message([]byte(`{"push":{"channel":"bench","pub":{"data":{"id": 3, "payload": "p", "created_at": "2026-12-06T05:18:50+00:00"},"offset":1}}}`+"\n"+
+		`{"push":{"channel":"bench","pub":{"data":{"id": 7, "payload": "q"}}}}`), 2*time.Millisecond)
+	s.message([]byte(`{}`), 3*time.Millisecond)
+	if s.problem != "" || s.messages != 2 || s.recv[3] == 0 || s.recv[7] == 0 || s.distinct.Load() != 2 {
+		t.Errorf("problem %q, %d messages, receipts of 3 and 7: %d, %d", s.problem, s.messages, s.recv[3], s.recv[7])
+	}
+	if len(sock.frames) != 1 || !bytes.Equal(sock.frames[0][6:], maskedWith(sock.frames[0][2:6], []byte(`{}`))) {
+		t.Errorf("sent %x, want one masked {} (the ping's answer)", sock.frames)
+	}
+	s.message([]byte(`{"id":3,"error":{"code":103,"message":"permission denied"}}`), 4*time.Millisecond)
+	if !strings.Contains(s.problem, "permission denied") {
+		t.Errorf("an error reply left problem %q", s.problem)
+	}
+}
+
+// maskedWith masks p with a WebSocket frame's 4-byte key.
+func maskedWith(key, p []byte) []byte {
+	out := make([]byte, len(p))
+	for i := range p {
+		out[i] = p[i] ^ key[i%4]
+	}
+	return out
+}
+
 func FuzzParseID(f *testing.F) {
 	f.Add([]byte(`{"type":"change","key":{"id":42}}`))
 	f.Add([]byte(`"key":{"id":`))
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		if id, ok := parseID(msg); ok && id < 0 {
+		if id, ok := parseID(msg, keyPrefix); ok && id < 0 {
 			t.Fatalf("negative id %d", id)
 		}
 	})

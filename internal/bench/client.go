@@ -38,7 +38,8 @@ var keyPrefix = []byte(`"key":{"id":`)
 // machine with the server it measures, so each message it receives should
 // cost it one read and no more (see reader).
 type subscriber struct {
-	epoch int64 // unix ns receipt times are relative to
+	epoch      int64 // unix ns receipt times are relative to
+	centrifugo bool  // the server is Centrifugo, not pgfeed (see centrifugo.go)
 
 	subscribed chan struct{} // closed when "subscribed" arrives
 	failed     chan struct{} // closed when problem is set
@@ -91,18 +92,20 @@ type control struct {
 
 // dialer opens subscribers to one server, and reads them all.
 type dialer struct {
-	addr   string
-	epoch  int64 // unix ns
-	reader *reader
+	addr       string
+	epoch      int64 // unix ns
+	centrifugo bool  // the server is Centrifugo
+	reader     *reader
 }
 
-// newDialer returns a dialer; stop it once its subscribers have ended.
-func newDialer(addr string, epoch time.Time) (*dialer, error) {
+// newDialer returns a dialer for srv; stop it once its subscribers have
+// ended.
+func newDialer(srv *server, epoch time.Time) (*dialer, error) {
 	r, err := newReader()
 	if err != nil {
 		return nil, err
 	}
-	return &dialer{addr: addr, epoch: epoch.UnixNano(), reader: r}, nil
+	return &dialer{addr: srv.addr, epoch: epoch.UnixNano(), centrifugo: srv.centrifugo, reader: r}, nil
 }
 
 // stop ends the reader, and with it every subscriber still connected.
@@ -120,7 +123,11 @@ const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 func (d *dialer) open(ctx context.Context, ids int) (*subscriber, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	url := "ws://" + d.addr + "/v1/ws"
+	path := "/v1/ws"
+	if d.centrifugo {
+		path = "/connection/websocket"
+	}
+	url := "ws://" + d.addr + path
 	var nd net.Dialer
 	conn, err := nd.DialContext(ctx, "tcp", d.addr)
 	if err != nil {
@@ -128,6 +135,7 @@ func (d *dialer) open(ctx context.Context, ids int) (*subscriber, error) {
 	}
 	s := &subscriber{
 		epoch:      d.epoch,
+		centrifugo: d.centrifugo,
 		subscribed: make(chan struct{}),
 		failed:     make(chan struct{}),
 		done:       make(chan struct{}),
@@ -135,7 +143,7 @@ func (d *dialer) open(ctx context.Context, ids int) (*subscriber, error) {
 	if ids > 0 {
 		s.recv = make([]uint32, ids+1)
 	}
-	if err := s.upgrade(ctx, conn, d.addr); err != nil {
+	if err := s.upgrade(ctx, conn, d.addr, path); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("dial %s: %w", url, err)
 	}
@@ -158,9 +166,9 @@ func (d *dialer) open(ctx context.Context, ids int) (*subscriber, error) {
 	}
 }
 
-// upgrade makes the opening handshake on conn and sends the subscribe
-// message; what the server sent after its answer is left in s.in.
-func (s *subscriber) upgrade(ctx context.Context, conn net.Conn, host string) error {
+// upgrade makes the opening handshake for path on conn and sends the
+// subscribe message; what the server sent after its answer is left in s.in.
+func (s *subscriber) upgrade(ctx context.Context, conn net.Conn, host, path string) error {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 		defer conn.SetDeadline(time.Time{})
@@ -168,9 +176,15 @@ func (s *subscriber) upgrade(ctx context.Context, conn net.Conn, host string) er
 	var k [16]byte
 	_, _ = crand.Read(k[:])
 	key := base64.StdEncoding.EncodeToString(k[:])
-	req := "GET /v1/ws HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+	req := "GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Key: " + key + "\r\nSec-WebSocket-Version: 13\r\n\r\n"
-	if _, err := conn.Write(append([]byte(req), clientFrame(opText, subscribeMessage)...)); err != nil {
+	// pgfeed takes the subscribe message in the same write as the
+	// request; Centrifugo refuses a client that sends before the answer.
+	first := []byte(req)
+	if !s.centrifugo {
+		first = append(first, clientFrame(opText, subscribeMessage)...)
+	}
+	if _, err := conn.Write(first); err != nil {
 		return fmt.Errorf("send upgrade: %w", err)
 	}
 	br := bufio.NewReader(conn)
@@ -182,6 +196,11 @@ func (s *subscriber) upgrade(ctx context.Context, conn net.Conn, host string) er
 	sum := sha1.Sum([]byte(key + wsGUID))
 	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != base64.StdEncoding.EncodeToString(sum[:]) {
 		return fmt.Errorf("upgrade refused: %s", resp.Status)
+	}
+	if s.centrifugo {
+		if _, err := conn.Write(clientFrame(opText, centrifugoHello)); err != nil {
+			return fmt.Errorf("send connect and subscribe: %w", err)
+		}
 	}
 	if n := br.Buffered(); n > 0 {
 		b, _ := br.Peek(n)
@@ -322,8 +341,12 @@ func (s *subscriber) frame(b []byte, t time.Duration) (int, bool) {
 
 // message handles one whole text message received at t.
 func (s *subscriber) message(msg []byte, t time.Duration) {
+	if s.centrifugo {
+		s.centrifugoMessage(msg, t)
+		return
+	}
 	if bytes.HasPrefix(msg, changePrefix) {
-		s.change(msg, t)
+		s.change(msg, keyPrefix, t)
 		return
 	}
 	var m control
@@ -333,16 +356,21 @@ func (s *subscriber) message(msg []byte, t time.Duration) {
 	}
 	switch m.Type {
 	case "subscribed":
-		select {
-		case <-s.subscribed:
-			s.setProblem("a second \"subscribed\" message")
-		default:
-			close(s.subscribed)
-		}
+		s.markSubscribed()
 	case "error":
 		s.setProblem(fmt.Sprintf("server error %s: %s", m.Code, m.Message))
 	case "reset":
 		s.setProblem("server reset the subscription: " + m.Reason)
+	}
+}
+
+// markSubscribed records the server's confirmation of the subscription.
+func (s *subscriber) markSubscribed() {
+	select {
+	case <-s.subscribed:
+		s.setProblem("a second confirmation of the subscription")
+	default:
+		close(s.subscribed)
 	}
 }
 
@@ -353,10 +381,11 @@ func (s *subscriber) setProblem(p string) {
 	}
 }
 
-// change records the receipt of one change message at t.
-func (s *subscriber) change(msg []byte, t time.Duration) {
+// change records the receipt of one change message at t; the row id
+// follows idPrefix.
+func (s *subscriber) change(msg, idPrefix []byte, t time.Duration) {
 	s.messages++
-	id, ok := parseID(msg)
+	id, ok := parseID(msg, idPrefix)
 	if !ok || id <= 0 || id >= int64(len(s.recv)) {
 		s.unexpected++
 		return
@@ -369,15 +398,16 @@ func (s *subscriber) change(msg []byte, t time.Duration) {
 	s.distinct.Add(1)
 }
 
-// parseID finds the row id in a change message without decoding it.
-func parseID(msg []byte) (int64, bool) {
-	i := bytes.Index(msg, keyPrefix)
+// parseID finds the row id, after prefix, in a change message without
+// decoding it.
+func parseID(msg, prefix []byte) (int64, bool) {
+	i := bytes.Index(msg, prefix)
 	if i < 0 {
 		return 0, false
 	}
 	var id int64
 	n := 0
-	for _, c := range msg[i+len(keyPrefix):] {
+	for _, c := range msg[i+len(prefix):] {
 		if c < '0' || c > '9' {
 			break
 		}

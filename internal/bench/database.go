@@ -18,10 +18,11 @@ import (
 // database is the PostgreSQL a run uses: a throwaway server it owns, or an
 // existing database.
 type database struct {
-	url     string
-	temp    *pgtemp.Server // nil for an existing database
-	version string         // server_version
-	capture capture
+	url        string
+	temp       *pgtemp.Server // nil for an existing database
+	version    string         // server_version
+	capture    capture
+	centrifugo bool // the bench table feeds Centrifugo's outbox instead
 }
 
 // capture is how the bench table is captured: by triggers, or by the
@@ -55,7 +56,7 @@ func captureFor(settings []string) (c capture) {
 // openDatabase starts a throwaway server when url is empty, then installs
 // pgfeed's schema and a fresh, captured bench table.
 func openDatabase(ctx context.Context, url string, o *Options) (_ *database, err error) {
-	d := &database{url: url, capture: captureFor(o.Settings)}
+	d := &database{url: url, capture: captureFor(o.Settings), centrifugo: o.Centrifugo != ""}
 	if url == "" {
 		o.logf("starting a throwaway PostgreSQL")
 		// Commits wait for their WAL to be written, as on a production
@@ -109,9 +110,12 @@ func (d *database) prepare(ctx context.Context) error {
 			return fmt.Errorf("create %s: %w", Table, err)
 		}
 	}
-	if d.capture.logical {
+	switch {
+	case d.centrifugo:
+		err = prepareCentrifugo(ctx, conn)
+	case d.capture.logical:
 		_, err = triggers.EnableLogical(ctx, conn, triggers.Publication{Name: d.capture.publication}, Table)
-	} else {
+	default:
 		_, err = triggers.Enable(ctx, conn, Table)
 	}
 	if err != nil {
@@ -139,6 +143,11 @@ func (d *database) close() error {
 	defer conn.Close(ctx)
 	if _, err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+Table); err != nil {
 		return fmt.Errorf("drop %s: %w", Table, err)
+	}
+	if d.centrifugo {
+		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+centrifugoSchema+" CASCADE"); err != nil {
+			return fmt.Errorf("drop schema %s: %w", centrifugoSchema, err)
+		}
 	}
 	if d.capture.logical {
 		if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", d.capture.slot); err != nil {

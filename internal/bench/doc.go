@@ -20,6 +20,11 @@
 // the load, stops the server with SIGTERM while its clients are still
 // connected (it must exit 0 within 10 s) and removes everything it created.
 //
+// Latency and Fanout can measure Centrifugo instead (Options.Centrifugo),
+// fed by a trigger through its PostgreSQL outbox consumer, with the same
+// writer, subscribers and analysis: a peer's figures taken on the same
+// machine, beside pgfeed's.
+//
 // Method of the live benches: row ids are 1, 2, 3, ... A writer process
 // (the same binary, `pgfeed bench writer`, see RunWriter) hands ids out at
 // the target rate (a ticker, catching up when ticks are late) to writer

@@ -47,7 +47,7 @@ func Idle(ctx context.Context, o Options) (_ *IdleReport, err error) {
 	}
 	o.logf("opening %d WebSocket connections with one subscription each", o.Connections)
 	start := time.Now()
-	d, err := newDialer(srv.addr, start)
+	d, err := newDialer(srv, start)
 	if err != nil {
 		return nil, err
 	}

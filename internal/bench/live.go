@@ -94,7 +94,7 @@ func live(ctx context.Context, name string, o Options) (_ *LiveReport, err error
 
 	o.logf("opening %d WebSocket subscribers", o.Subscribers)
 	connStart := time.Now()
-	d, err := newDialer(srv.addr, epoch)
+	d, err := newDialer(srv, epoch)
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +127,7 @@ func live(ctx context.Context, name string, o Options) (_ *LiveReport, err error
 		return nil, ctx.Err()
 	}
 
-	readyz := srv.probe(ctx, "/readyz", time.Second, probeTimeout)
+	readyz := srv.probe(ctx, srv.readyPath(), time.Second, probeTimeout)
 	defer readyz.stop()
 
 	var srvCPU0, cliCPU0 time.Duration
@@ -181,10 +181,10 @@ writing:
 	}
 	rep.Readyz = readyz.stop()
 	if rep.Readyz.Failed > 0 || rep.Readyz.MaxSeconds > 5 {
-		rep.Problems = append(rep.Problems, fmt.Sprintf("GET /readyz answered slowly or not at all during the load: %d of %d probes failed (allowed %s), %d took over 1 s, the slowest %.1f s",
-			rep.Readyz.Failed, rep.Readyz.Probes, probeTimeout, rep.Readyz.Over1s, rep.Readyz.MaxSeconds))
+		rep.Problems = append(rep.Problems, fmt.Sprintf("GET %s answered slowly or not at all during the load: %d of %d probes failed (allowed %s), %d took over 1 s, the slowest %.1f s",
+			srv.readyPath(), rep.Readyz.Failed, rep.Readyz.Probes, probeTimeout, rep.Readyz.Over1s, rep.Readyz.MaxSeconds))
 	}
-	if !crashed {
+	if !crashed && !srv.centrifugo {
 		if m, err := srv.metrics(ctx); err != nil {
 			rep.Problems = append(rep.Problems, err.Error())
 		} else {
@@ -192,6 +192,8 @@ writing:
 			rep.Server.SlowConsumers = int64(m["pgfeed_slow_consumers_total"])
 			rep.Server.Deliveries = int64(m["pgfeed_deliveries_total"])
 		}
+	}
+	if !crashed {
 		if rss, _, err := srv.memory(); err == nil {
 			rep.Server.RSSBytes = rss
 		}

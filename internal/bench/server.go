@@ -37,27 +37,33 @@ const shutdownTimeout = 10 * time.Second
 
 // server is a running `pgfeed serve` process.
 type server struct {
-	cmd     *exec.Cmd
-	addr    string // host:port it serves on
-	logPath string
-	http    *http.Client
+	cmd        *exec.Cmd
+	addr       string // host:port it serves on
+	centrifugo bool   // Centrifugo, not pgfeed
+	logPath    string
+	http       *http.Client
 
 	done    chan struct{} // closed when the process has exited
 	waitErr error         // its exit status; read only after done is closed
 }
 
-// startServer starts `bin serve` on a free loopback port against dbURL,
-// with its configuration, log and working directory in dir.
-func startServer(bin, dbURL, dir string, settings []string) (*server, error) {
-	cfgPath := filepath.Join(dir, "pgfeed-bench.yaml")
-	if err := os.WriteFile(cfgPath, []byte(serverConfig), 0o600); err != nil {
-		return nil, fmt.Errorf("write server configuration: %w", err)
-	}
+// startServer starts `bin serve` (or, with centrifugo, Centrifugo's bin)
+// on a free loopback port against dbURL, with its configuration, log and
+// working directory in dir.
+func startServer(bin, dbURL, dir string, settings []string, centrifugo bool) (*server, error) {
 	port, err := pgtemp.FreePort()
 	if err != nil {
 		return nil, err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	args := []string{"serve", "--config", filepath.Join(dir, "pgfeed-bench.yaml")}
+	if centrifugo {
+		if args, err = writeCentrifugoConfig(dir, port, dbURL); err != nil {
+			return nil, err
+		}
+	} else if err := os.WriteFile(args[2], []byte(serverConfig), 0o600); err != nil {
+		return nil, fmt.Errorf("write server configuration: %w", err)
+	}
 	logPath := filepath.Join(dir, "server.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -65,7 +71,7 @@ func startServer(bin, dbURL, dir string, settings []string) (*server, error) {
 	}
 	defer logFile.Close()
 
-	cmd := exec.Command(bin, "serve", "--config", cfgPath)
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	// Only our settings: a PGFEED_* variable of the caller's environment
 	// must not change the server under test.
@@ -89,12 +95,13 @@ func startServer(bin, dbURL, dir string, settings []string) (*server, error) {
 		Pdeathsig: syscall.SIGTERM,
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s serve: %w", bin, err)
+		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	s := &server{
-		cmd:     cmd,
-		addr:    addr,
-		logPath: logPath,
+		cmd:        cmd,
+		addr:       addr,
+		centrifugo: centrifugo,
+		logPath:    logPath,
 		http: &http.Client{
 			Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true},
 		},
@@ -108,6 +115,14 @@ func startServer(bin, dbURL, dir string, settings []string) (*server, error) {
 }
 
 func (s *server) pid() int { return s.cmd.Process.Pid }
+
+// readyPath is the server's readiness check.
+func (s *server) readyPath() string {
+	if s.centrifugo {
+		return "/health"
+	}
+	return "/readyz"
+}
 
 // exited reports whether the process has ended, and how.
 func (s *server) exited() (bool, string) {
@@ -155,7 +170,7 @@ func (s *server) logNote() string {
 	return where + " ends with:\n" + strings.Join(lines, "\n")
 }
 
-// waitReady polls /readyz until it answers 200, the process exits or the
+// waitReady polls readyPath until it answers 200, the process exits or the
 // timeout passes.
 func (s *server) waitReady(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -165,7 +180,7 @@ func (s *server) waitReady(ctx context.Context, timeout time.Duration) error {
 	var last error
 	for {
 		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
-		last = s.get(actx, "/readyz", io.Discard)
+		last = s.get(actx, s.readyPath(), io.Discard)
 		acancel()
 		if last == nil {
 			return nil
@@ -175,7 +190,7 @@ func (s *server) waitReady(ctx context.Context, timeout time.Duration) error {
 			return fmt.Errorf("the server exited during start-up (%s); %s", s.exitText(), s.logNote())
 		case <-ctx.Done():
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return fmt.Errorf("the server was not ready after %s (last /readyz: %v); %s", timeout, last, s.logNote())
+				return fmt.Errorf("the server was not ready after %s (last %s: %v); %s", timeout, s.readyPath(), last, s.logNote())
 			}
 			return ctx.Err()
 		case <-tick.C:
@@ -406,8 +421,12 @@ func openTestbed(ctx context.Context, o *Options, fds int) (_ *testbed, err erro
 		return nil, err
 	}
 	tb.machine.PostgreSQL = tb.db.version
-	o.logf("starting the server under test: %s serve", o.Server)
-	if tb.srv, err = startServer(o.Server, tb.db.url, tb.dir, o.Settings); err != nil {
+	bin := o.Server
+	if o.Centrifugo != "" {
+		bin = o.Centrifugo
+	}
+	o.logf("starting the server under test: %s", bin)
+	if tb.srv, err = startServer(bin, tb.db.url, tb.dir, o.Settings, o.Centrifugo != ""); err != nil {
 		return nil, err
 	}
 	if err := tb.srv.waitReady(ctx, time.Minute); err != nil {
