@@ -14,6 +14,10 @@ import (
 // the returned cursor for more.
 const maxPollChanges = 1000
 
+// replayLimit is how much longer than its wait a long poll may take when
+// its replay is slow to produce its first change.
+const replayLimit = 30 * time.Second
+
 // servePoll answers a long poll: the changes after since (or from now) as
 // soon as there is at least one, or none when wait passes.
 func (s *Server) servePoll(w http.ResponseWriter, r *http.Request) {
@@ -82,15 +86,35 @@ func (s *Server) servePoll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
+	// wait counts from when the subscription is live: a replay, from
+	// memory or the store, is answered whatever wait says (wait=0s asks
+	// for what is there, not for a race with the replay). replayLimit
+	// bounds the whole poll all the same, should the store be slow.
+	var waitT *time.Timer
+	var waitC <-chan time.Time // nil until armed
+	armWait := func() {
+		if waitT == nil && subDone && subErr == nil {
+			waitT = time.NewTimer(wait)
+			waitC = waitT.C
+		}
+	}
+	armWait()
+	defer func() {
+		if waitT != nil {
+			waitT.Stop()
+		}
+	}()
+	limit := time.NewTimer(wait + replayLimit)
+	defer limit.Stop()
 	var changes []item
 	for done := false; !done; {
 		select {
 		case <-c.q.ready:
 		case subErr = <-errc:
 			subDone = true
-		case <-timer.C:
+		case <-waitC:
+			done = true
+		case <-limit.C:
 			done = true
 		case <-r.Context().Done():
 			return
@@ -126,6 +150,7 @@ func (s *Server) servePoll(w http.ResponseWriter, r *http.Request) {
 			// replay that failed after some changes: answer them.
 			done = true
 		}
+		armWait() // once the replay, if any, has been taken
 	}
 	cursor := start
 	out := make([]json.RawMessage, 0, len(changes))
