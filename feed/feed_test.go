@@ -205,8 +205,15 @@ func testWSErrors(t *testing.T, e *env) {
 	expectError("table without a policy", "sec", "forbidden")
 	c.send(map[string]any{"type": "subscribe", "id": "ev", "table": "orders", "events": []string{"upsert"}})
 	expectError("bad events", "ev", "bad_request")
+	// A since that is no cursor is an unknown one: a reset, then live.
 	c.send(map[string]any{"type": "subscribe", "id": "cur", "table": "orders", "since": "not-a-cursor"})
-	expectError("bad cursor", "cur", "bad_request")
+	if m := c.next(wait); m["type"] != "subscribed" || m["id"] != "cur" {
+		t.Fatalf("subscribe with a bad cursor: %v", m)
+	}
+	if m := c.next(wait); m["type"] != "reset" || m["sub"] != "cur" || m["reason"] != "cursor_expired" {
+		t.Fatalf("after a bad cursor: %v, want a reset", m)
+	}
+	c.send(map[string]any{"type": "unsubscribe", "id": "cur"})
 	c.send(map[string]any{"type": "subscribe", "id": "ok", "table": "orders"})
 	expectError("duplicate id", "ok", "bad_request")
 	c.send(map[string]any{"type": "unsubscribe", "id": "missing"})
@@ -278,7 +285,8 @@ func testHTTPErrors(t *testing.T, e *env) {
 		{"/v1/sse/orders?colour=eq.red", 400, "bad_request"},
 		{"/v1/sse/orders?id=zz.1", 400, "bad_request"},
 		{"/v1/changes/orders?wait=forever", 400, "bad_request"},
-		{"/v1/changes/orders?since=t1", 400, "bad_request"},
+		{"/v1/changes/orders?since=t1&wait=0s", 409, "cursor_expired"},
+		{"/v1/changes/orders?since=garbage&wait=0s", 409, "cursor_expired"},
 		{"/v1/sse/orders?access_token=abc", 401, "unauthorized"},
 	}
 	for _, c := range cases {

@@ -225,6 +225,9 @@ func (h *hub) historyAfter(c listener.Cursor) []*event {
 // duplicate.
 func (h *hub) subscribe(ctx context.Context, s *subscription, since *listener.Cursor, announce func(start listener.Cursor)) error {
 	expired := false
+	if since != nil && *since == (listener.Cursor{}) {
+		since, expired = nil, true // not a cursor: unknown (see prepare)
+	}
 	if since != nil {
 		h.mu.Lock()
 		pos, histFrom, started := h.pos, h.histFrom, h.started

@@ -142,6 +142,15 @@ func testExpiredCursor(t *testing.T, e *env) {
 	if ev := s.next(wait); ev.event != "reset" {
 		t.Errorf("SSE with an expired cursor: %+v", ev)
 	}
+	// A Last-Event-ID that is no cursor is an unknown one: a reset, not a
+	// 400 that would stop an EventSource from reconnecting.
+	s, resp = n.sse(t, "/v1/sse/orders", http.Header{"Last-Event-ID": {"garbage"}})
+	if s == nil {
+		t.Fatalf("SSE with Last-Event-ID garbage: status %d", resp.StatusCode)
+	}
+	if ev := s.next(wait); ev.event != "reset" {
+		t.Errorf("SSE with Last-Event-ID garbage: %+v", ev)
+	}
 }
 
 // TestResumeSSE: ids are cursors; a reconnect with Last-Event-ID gets

@@ -550,10 +550,12 @@ func (s *Server) prepare(ctx context.Context, id subscriptions.Identity, req req
 		rls:   grant.RLS,
 	}
 	if req.since != "" {
-		c, err := listener.ParseCursor(req.since)
-		if err != nil {
-			return nil, errorf("bad_request", "since: %q is not a cursor given by pgfeed", req.since)
-		}
+		// A since that is not a cursor pgfeed gave (corrupted, from another
+		// system) is an unknown cursor: the zero Cursor, which no cursor
+		// parses to, gets a reset (CONTRACT: "older than retention (or
+		// unknown)"), and the client refetches its state. A 400 would stop
+		// a browser's EventSource from reconnecting for good.
+		c, _ := listener.ParseCursor(req.since)
 		p.since = &c
 	}
 	return p, nil
