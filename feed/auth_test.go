@@ -324,6 +324,12 @@ func TestLimits(t *testing.T) {
 		if !ok && (err == nil || resp == nil || resp.StatusCode != http.StatusForbidden) {
 			t.Errorf("origin %s accepted (err %v)", origin, err)
 		}
+		if !ok && resp != nil {
+			var body struct{ Error, Message string }
+			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || body.Error != "forbidden" || !strings.Contains(body.Message, "http.allowed_origins") {
+				t.Errorf("origin %s refused with %+v (%v), want the JSON error naming http.allowed_origins", origin, body, err)
+			}
+		}
 		if conn != nil {
 			conn.CloseNow()
 		}

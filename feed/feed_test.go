@@ -189,6 +189,10 @@ func testWSErrors(t *testing.T, e *env) {
 	ctx := context.Background()
 	_ = c.conn.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe",`))
 	expectError("malformed JSON", "", "bad_request")
+	_ = c.conn.Write(ctx, websocket.MessageText, []byte(`[1,2]`))
+	expectError("JSON that is not an object", "", "bad_request")
+	c.send(map[string]any{"type": "subscribe", "id": "e6", "table": "orders", "events": "insert"})
+	expectError("events as a string", "e6", "bad_request")
 	c.send(map[string]any{"type": "dance"})
 	expectError("unknown type", "", "bad_request")
 	c.send(map[string]any{"type": "subscribe", "id": "f", "table": "orders", "filter": "id=like.1"})
@@ -288,6 +292,10 @@ func testHTTPErrors(t *testing.T, e *env) {
 		{"/v1/changes/orders?since=t1&wait=0s", 409, "cursor_expired"},
 		{"/v1/changes/orders?since=garbage&wait=0s", 409, "cursor_expired"},
 		{"/v1/sse/orders?access_token=abc", 401, "unauthorized"},
+		{"/v1/nothing", 404, "not_found"},
+		{"/v1/sse/", 404, "not_found"},
+		{"/v1/sse/a/b", 404, "not_found"},
+		{"/healthz/x", 404, "not_found"},
 	}
 	for _, c := range cases {
 		resp, err := http.Get("http://" + n.addr + c.path)
@@ -301,7 +309,17 @@ func testHTTPErrors(t *testing.T, e *env) {
 			t.Errorf("%s: %d %+v, want %d %s", c.path, resp.StatusCode, body, c.status, c.code)
 		}
 	}
-	resp, err := http.Get("http://" + n.addr + "/healthz")
+	resp, err := http.Post("http://"+n.addr+"/v1/sse/orders", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body struct{ Error, Message string }
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if resp.StatusCode != 405 || body.Error != "bad_request" || resp.Header.Get("Allow") == "" {
+		t.Errorf("POST: %d %+v, want 405 with a JSON body and Allow", resp.StatusCode, body)
+	}
+	resp, err = http.Get("http://" + n.addr + "/healthz")
 	if err != nil || resp.StatusCode != 200 {
 		t.Errorf("healthz: %v %v", resp, err)
 	}

@@ -208,7 +208,20 @@ func New(cfg Config) (*Server, error) {
 	})
 	s.mux.HandleFunc("GET /readyz", s.serveReady)
 	s.mux.HandleFunc("GET /metrics", s.serveMetrics)
+	// Everything else: the contract's JSON error body, not net/http's text
+	// (nor its 405 for a GET under /v1/, which the OPTIONS pattern causes).
+	s.mux.HandleFunc("/", serveNoRoute)
 	return s, nil
+}
+
+// serveNoRoute answers a request no endpoint takes.
+func serveNoRoute(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && r.Method != http.MethodOptions {
+		w.Header().Set("Allow", "GET, OPTIONS")
+		writeErrorStatus(w, http.StatusMethodNotAllowed, errorf("bad_request", "%s is not allowed: every endpoint answers GET", r.Method))
+		return
+	}
+	writeError(w, errorf("not_found", "no endpoint at %s: see /v1/ws, /v1/sse/{schema.table}, /v1/changes/{schema.table}, /healthz, /readyz, /metrics", r.URL.Path))
 }
 
 // Emit hands one batch of the ordered stream to the fan-out. It is the
@@ -562,10 +575,13 @@ func (s *Server) prepare(ctx context.Context, id subscriptions.Identity, req req
 }
 
 // writeError answers a plain HTTP request with the contract's error body.
-func writeError(w http.ResponseWriter, e *apiError) {
+func writeError(w http.ResponseWriter, e *apiError) { writeErrorStatus(w, e.status(), e) }
+
+// writeErrorStatus is writeError with another status than the code's.
+func writeErrorStatus(w http.ResponseWriter, status int, e *apiError) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(e.status())
+	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]string{"error": e.code, "message": e.message})
 }
 

@@ -7,7 +7,10 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
+	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -28,10 +31,37 @@ type wsMessage struct {
 	Token  string          `json:"token"`
 }
 
+// wsOriginAllowed reports whether a browser at origin may open a WebSocket
+// to host: no Origin (not a browser), the same host, or an allowed origin.
+func (s *Server) wsOriginAllowed(origin, host string) bool {
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(u.Host, host) {
+		return true
+	}
+	for _, o := range s.origins {
+		if o == "*" || strings.EqualFold(o, u.Host) {
+			return true
+		}
+	}
+	return false
+}
+
 // serveWS upgrades the request and hands the connection to its own
 // goroutine (wsConn.read), so that net/http's per-request state is released
 // when this handler returns; the Server waits for that goroutine.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	if origin := r.Header.Get("Origin"); !s.wsOriginAllowed(origin, r.Host) {
+		// Refused here, in the contract's JSON, rather than in plain text
+		// by websocket.Accept (whose check, with the same rules, stays).
+		writeError(w, errorf("forbidden", "origin %q may not open WebSockets here: add it to http.allowed_origins", origin))
+		return
+	}
 	id, aerr := s.identify(r)
 	if aerr != nil {
 		writeError(w, aerr)
@@ -118,7 +148,21 @@ func (s *Server) wsHandle(ctx context.Context, ws *wsConn, data []byte, rate *ra
 	c := ws.c
 	var m wsMessage
 	if err := json.Unmarshal(data, &m); err != nil {
-		s.wsError(c, nil, errorf("bad_request", "message is not valid JSON: %s", err.Error()))
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &te) && te.Field == "":
+			s.wsError(c, nil, errorf("bad_request", "a message must be a JSON object, not %s", te.Value))
+		case errors.As(err, &te):
+			// Valid JSON with a field of the wrong type: Unmarshal filled
+			// the others, so the error names its subscription.
+			want := "a string"
+			if te.Type.Kind() == reflect.Slice {
+				want = "an array of strings"
+			}
+			s.wsError(c, m.ID, errorf("bad_request", "%q must be %s, not %s", te.Field, want, te.Value))
+		default:
+			s.wsError(c, nil, errorf("bad_request", "message is not valid JSON: %s", err.Error()))
+		}
 		return
 	}
 	switch m.Type {

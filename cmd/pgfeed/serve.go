@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -178,6 +179,10 @@ func (a *app) serve(ctx context.Context, cfg *Config, ready func(addr string)) e
 		return err
 	}
 	l, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		// The configuration is right; another process holds the port.
+		return fmt.Errorf("http.listen: %s is in use by another process: %w", cfg.HTTP.Listen, err)
+	}
 	if err != nil {
 		return &usageError{msg: fmt.Sprintf("http.listen: cannot listen on %s: %v", cfg.HTTP.Listen, err)}
 	}

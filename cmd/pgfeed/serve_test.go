@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"regexp"
 	"strings"
@@ -123,6 +124,23 @@ func startServe(t *testing.T, cfg, url string) (addr string, stop func()) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("serve did not exit within 10 s of SIGTERM")
 		}
+	}
+}
+
+// TestServePortInUse: a port another process holds is a runtime failure
+// (exit 1), not a configuration error.
+func TestServePortInUse(t *testing.T) {
+	cleanEnv(t)
+	url := pgtest.NewMigratedDB(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	r := pgfeed(t, "serve", "--database-url", url, "--listen", l.Addr().String())
+	r.wantCode(t, 1)
+	if !strings.Contains(r.stderr, "is in use by another process") {
+		t.Errorf("stderr %q", r.stderr)
 	}
 }
 
