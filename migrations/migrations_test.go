@@ -118,8 +118,9 @@ func TestUpUpDownUp(t *testing.T) {
 	}
 }
 
-// TestDownRefusedWhileCaptured checks that rolling back the capture
-// functions never drops an application's triggers.
+// TestDownRefusedWhileCaptured checks that rolling back never drops an
+// application's triggers, nor the ticks its cursors name, while a table is
+// captured.
 func TestDownRefusedWhileCaptured(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -148,6 +149,14 @@ func TestDownRefusedWhileCaptured(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("orders has %d triggers after the refused down, want 1", n)
+	}
+	// The ticks, which the cursors name, are refused too.
+	var ticks bool
+	if err := db.QueryRow("SELECT to_regclass('pgfeed.ticks') IS NOT NULL").Scan(&ticks); err != nil {
+		t.Fatal(err)
+	}
+	if !ticks {
+		t.Error("pgfeed.ticks was dropped while a table was captured")
 	}
 }
 
