@@ -86,11 +86,11 @@ func centrifugoConfig(port int, dbURL string) ([]byte, error) {
 func writeCentrifugoConfig(dir string, port int, dbURL string) ([]string, error) {
 	b, err := centrifugoConfig(port, dbURL)
 	if err != nil {
-		return nil, fmt.Errorf("Centrifugo configuration: %w", err)
+		return nil, fmt.Errorf("centrifugo configuration: %w", err)
 	}
 	path := filepath.Join(dir, "centrifugo.json")
 	if err := os.WriteFile(path, b, 0o600); err != nil {
-		return nil, fmt.Errorf("write Centrifugo configuration: %w", err)
+		return nil, fmt.Errorf("write the configuration of centrifugo: %w", err)
 	}
 	return []string{"--config", path}, nil
 }
