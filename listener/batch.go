@@ -158,11 +158,19 @@ func nextBatch(ctx context.Context, conn *pgx.Conn, after int64) (t Tick, b Batc
 	if err := res.Close(); err != nil {
 		return Tick{}, Batch{}, false, fmt.Errorf("cut tick and read batch %d: %w", after+1, err)
 	}
-	if t.ID <= after {
+	if t.ID < after {
+		return t, Batch{}, false, fmt.Errorf("%w: the newest tick is %d, this node has read up to %d", ErrTicksWentBack, t.ID, after)
+	}
+	if t.ID == after {
 		return t, Batch{}, false, nil
 	}
 	return t, b, berr == nil, berr
 }
+
+// ErrTicksWentBack is returned when the newest tick is older than one
+// already read: pgfeed.ticks was emptied or the schema rolled back and
+// migrated again. Cursors given out before then now name other changes.
+var ErrTicksWentBack = errors.New("pgfeed.ticks went back")
 
 // ErrTickGone is returned when a tick (or the one before it) has been pruned.
 var ErrTickGone = errors.New("tick no longer retained")

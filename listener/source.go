@@ -372,6 +372,12 @@ func (s *Source) readNew(ctx context.Context, conn *pgx.Conn, emit func(Batch) e
 			s.setLast(t)
 			return n, txs, nil
 		}
+		if errors.Is(err, ErrTicksWentBack) {
+			// Going on would hand out cursors that old ones collide with;
+			// stop, loudly, for an operator to look (a restart goes on
+			// from the new ticks).
+			return n, txs, &endError{err: fmt.Errorf("%w (was pgfeed's schema rolled back, or its ticks deleted?): cursors given out before name other changes now", err)}
+		}
 		if err != nil || !ok {
 			return n, txs, err
 		}

@@ -456,3 +456,51 @@ func TestSourceRepeatableReadWriter(t *testing.T) {
 		t.Fatalf("last change %s, want the REPEATABLE READ writer's", last.Key)
 	}
 }
+
+// TestSourceStopsWhenTicksGoBack: ticks emptied under a running source
+// (the schema rolled back and migrated again) would restart at 1, and the
+// cursors handed out before would name other changes: Run ends with
+// ErrTicksWentBack rather than stall, or serve the new ticks silently.
+func TestSourceStopsWhenTicksGoBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, conn := capturedTable(t)
+	connCfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := listener.New(listener.Config{
+		Poll:    50 * time.Millisecond,
+		Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, connCfg) },
+	})
+	col := newCollector()
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- src.Run(runCtx, col.emit) }()
+	select {
+	case <-src.Ready():
+	case err := <-done:
+		t.Fatalf("Run ended before ready: %v", err)
+	}
+	for i := range 3 {
+		if _, err := conn.Exec(ctx, `INSERT INTO items (id) VALUES ($1)`, i); err != nil {
+			t.Fatal(err)
+		}
+		col.waitFor(t, i+1, 30*time.Second)
+	}
+	if _, err := conn.Exec(ctx, `DELETE FROM pgfeed.ticks`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO items (id) VALUES (3)`); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, listener.ErrTicksWentBack) {
+			t.Fatalf("Run: %v, want ErrTicksWentBack", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run went on after the ticks went back")
+	}
+}
