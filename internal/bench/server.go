@@ -56,13 +56,17 @@ func startServer(bin, dbURL, dir string, settings []string, centrifugo bool) (*s
 		return nil, err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	args := []string{"serve", "--config", filepath.Join(dir, "pgfeed-bench.yaml")}
+	var args []string
 	if centrifugo {
 		if args, err = writeCentrifugoConfig(dir, port, dbURL); err != nil {
 			return nil, err
 		}
-	} else if err := os.WriteFile(args[2], []byte(serverConfig), 0o600); err != nil {
-		return nil, fmt.Errorf("write server configuration: %w", err)
+	} else {
+		cfgPath := filepath.Join(dir, "pgfeed-bench.yaml")
+		if err := os.WriteFile(cfgPath, []byte(serverConfig), 0o600); err != nil {
+			return nil, fmt.Errorf("write server configuration: %w", err)
+		}
+		args = []string{"serve", "--config", cfgPath}
 	}
 	logPath := filepath.Join(dir, "server.log")
 	logFile, err := os.Create(logPath)
